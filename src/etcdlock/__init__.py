@@ -1,0 +1,72 @@
+"""etcdlock: distributed locks on etcd that never leak, never lie about who holds a lock, and hand over fast."""
+
+from etcdlock.core.client import Client, Resources
+from etcdlock.core.connection import TLSConfig
+from etcdlock.core.errors import (
+    AuthError,
+    ClientClosedError,
+    CompactedError,
+    ConfigError,
+    ConnectionFailedError,
+    EtcdError,
+    EtcdTimeoutError,
+    LeaseNotFoundError,
+    PermissionDeniedError,
+    ServerError,
+    WatchError,
+    WatchOverflowError,
+)
+from etcdlock.core.lease import KeepAlive
+from etcdlock.core.txn import Compare, Op
+from etcdlock.core.types import (
+    DeleteResult,
+    EventType,
+    GetResult,
+    Header,
+    KeyValue,
+    LeaseGrant,
+    LeaseTimeToLive,
+    Member,
+    PutResult,
+    Status,
+    TxnResult,
+    WatchEvent,
+)
+from etcdlock.core.watch import Watcher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "Client",
+    "ClientClosedError",
+    "CompactedError",
+    "Compare",
+    "ConfigError",
+    "ConnectionFailedError",
+    "DeleteResult",
+    "EtcdError",
+    "EtcdTimeoutError",
+    "EventType",
+    "GetResult",
+    "Header",
+    "KeepAlive",
+    "KeyValue",
+    "LeaseGrant",
+    "LeaseNotFoundError",
+    "LeaseTimeToLive",
+    "Member",
+    "Op",
+    "PermissionDeniedError",
+    "PutResult",
+    "Resources",
+    "ServerError",
+    "Status",
+    "TLSConfig",
+    "TxnResult",
+    "WatchError",
+    "WatchEvent",
+    "WatchOverflowError",
+    "Watcher",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Client core: connection, KV, lease, watch. Depends only on the wire layer."""

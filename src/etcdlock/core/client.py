@@ -1,0 +1,231 @@
+"""The asyncio etcd client: one object that owns the connection, the keepalive stream and the watch streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Unpack
+
+from etcdlock._wire import methods
+from etcdlock._wire import rpc_pb2 as pb
+from etcdlock.core.connection import Connection, TLSConfig
+from etcdlock.core.errors import EtcdError
+from etcdlock.core.kv import KV, RangeOptions
+from etcdlock.core.lease import KeepAlive, Leases
+from etcdlock.core.tasks import TaskOwner
+from etcdlock.core.txn import Compare, Op
+from etcdlock.core.types import (
+    DeleteResult,
+    GetResult,
+    Header,
+    Key,
+    LeaseGrant,
+    LeaseTimeToLive,
+    Member,
+    PutResult,
+    Status,
+    TxnResult,
+)
+from etcdlock.core.watch import DEFAULT_MAX_BUFFER, Watcher, Watches
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a client holds right now. Everything here must drop to zero after close()."""
+
+    channels: int
+    watch_streams: int
+    watch_streams_closing: int
+    watchers: int
+    keepalive_streams: int
+    keepalive_leases: int
+    tasks: list[str]
+
+    def total(self) -> int:
+        return (self.channels + self.watch_streams + self.watch_streams_closing + self.watchers
+                + self.keepalive_streams + self.keepalive_leases + len(self.tasks))
+
+
+class Client:
+    """Asyncio etcd v3 client.
+
+    ``async with Client(["127.0.0.1:2379"]) as client: ...``. Every call takes ``timeout`` (seconds; the
+    client's ``timeout`` by default) and fails over to the next endpoint when one is unavailable.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = ("127.0.0.1:2379",),
+        *,
+        timeout: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TLSConfig | None = None,
+        watch_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> None:
+        self._conn = Connection(endpoints, tls=tls, username=username, password=password, default_timeout=timeout)
+        self._tasks = TaskOwner("client")
+        self._kv = KV(self._conn)
+        self._leases: Leases | None = None
+        self._watches: Watches | None = None
+        self._watch_buffer = watch_buffer
+        self._closed = False
+
+    # The keepalive manager and the watch hub hold asyncio primitives, so they are made inside the loop.
+    @property
+    def _lease(self) -> Leases:
+        if self._leases is None:
+            self._leases = Leases(self._conn, self._tasks)
+        return self._leases
+
+    @property
+    def _watch(self) -> Watches:
+        if self._watches is None:
+            self._watches = Watches(self._conn, self._tasks, self._watch_buffer)
+        return self._watches
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._conn.endpoints
+
+    @property
+    def current_endpoint(self) -> str:
+        return self._conn.current_endpoint
+
+    @property
+    def default_timeout(self) -> float:
+        return self._conn.default_timeout
+
+    async def connect(self, timeout: float | None = None) -> Client:
+        """Check that an endpoint answers (and credentials work) so problems show up here, not later."""
+        await self.status(timeout=timeout)
+        return self
+
+    async def __aenter__(self) -> Client:
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop keepalives (leases are not revoked: their owners do that), end watches and tasks, close
+        channels. Idempotent; shielded from the caller's cancellation."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        if self._leases is not None:
+            await self._leases.keepalive.close()
+        if self._watches is not None:
+            await self._watches.close()
+        await self._tasks.cancel_all()
+        await self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- KV ----
+
+    async def get(self, key: Key, *, timeout: float | None = None, **options: Unpack[RangeOptions]) -> GetResult:
+        """Read a key, a prefix (prefix=True) or a range (range_end=...)."""
+        return await self._kv.get(key, timeout=timeout, **options)
+
+    async def put(
+        self, key: Key, value: str | bytes, *, lease: int = 0, prev_kv: bool = False, timeout: float | None = None
+    ) -> PutResult:
+        return await self._kv.put(key, value, lease=lease, prev_kv=prev_kv, timeout=timeout)
+
+    async def delete(
+        self, key: Key, *, prefix: bool = False, range_end: Key | None = None, prev_kv: bool = False,
+        timeout: float | None = None,
+    ) -> DeleteResult:
+        return await self._kv.delete(key, prefix=prefix, range_end=range_end, prev_kv=prev_kv, timeout=timeout)
+
+    async def txn(
+        self, compare: list[Compare], success: list[Op], failure: list[Op] | None = None, *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        return await self._kv.txn(compare, success, failure, timeout=timeout)
+
+    async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
+        return await self._kv.compact(revision, physical=physical, timeout=timeout)
+
+    # ---- leases ----
+
+    async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
+        return await self._lease.grant(ttl, lease_id=lease_id, timeout=timeout)
+
+    async def revoke(self, lease_id: int, *, timeout: float | None = None) -> Header:
+        return await self._lease.revoke(lease_id, timeout=timeout)
+
+    async def time_to_live(self, lease_id: int, *, keys: bool = False, timeout: float | None = None) -> LeaseTimeToLive:
+        return await self._lease.time_to_live(lease_id, keys=keys, timeout=timeout)
+
+    async def leases(self, *, timeout: float | None = None) -> list[int]:
+        return await self._lease.leases(timeout=timeout)
+
+    def keep_alive(self, lease_id: int, ttl: int, *, granted_at: float | None = None) -> KeepAlive:
+        """Renew the lease on the client's one keepalive stream until ``handle.stop()`` or loss."""
+        return self._lease.keep_alive(lease_id, ttl, granted_at=granted_at)
+
+    # ---- watch ----
+
+    def watch(
+        self,
+        key: Key,
+        *,
+        prefix: bool = False,
+        range_end: Key | None = None,
+        start_revision: int = 0,
+        no_put: bool = False,
+        no_delete: bool = False,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        max_buffer: int | None = None,
+    ) -> Watcher:
+        """``async for event in client.watch(key, ...)``: events from start_revision (0 = from now)."""
+        return self._watch.watch(
+            key, prefix=prefix, range_end=range_end, start_revision=start_revision, no_put=no_put,
+            no_delete=no_delete, prev_kv=prev_kv, progress_notify=progress_notify, max_buffer=max_buffer,
+        )
+
+    # ---- cluster ----
+
+    async def status(self, *, timeout: float | None = None) -> Status:
+        reply = await self._conn.unary(methods.STATUS, pb.StatusRequest(), timeout)
+        return Status(Header.from_pb(reply.header), reply.version, reply.dbSize, reply.leader, reply.raftIndex,
+                      reply.raftTerm, self._conn.current_endpoint)
+
+    async def member_list(self, *, timeout: float | None = None) -> list[Member]:
+        reply = await self._conn.unary(methods.MEMBER_LIST, pb.MemberListRequest(), timeout)
+        return [Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner) for m in reply.members]
+
+    # ---- diagnostics ----
+
+    def resources(self) -> Resources:
+        w = self._watches
+        ka = self._leases.keepalive if self._leases is not None else None
+        return Resources(
+            channels=self._conn.channel_count(),
+            watch_streams=w.stream_count() if w else 0,
+            watch_streams_closing=w.closing_count() if w else 0,
+            watchers=w.watcher_count() if w else 0,
+            keepalive_streams=ka.streams_open if ka else 0,
+            keepalive_leases=len(ka.lease_ids()) if ka else 0,
+            tasks=self._tasks.names(),
+        )
+
+
+__all__ = ["Client", "EtcdError", "Resources"]

@@ -1,0 +1,306 @@
+"""Leases: grant / revoke / inspect, and keepalive for any number of leases over ONE shared stream.
+
+The keepalive stream has exactly two tasks, both owned by the KeepAlive manager: a scheduler that sends
+renewals (each lease at about a third of its TTL) and watches local deadlines, and the stream's single
+reader. A lease is *lost* when a reply says TTL <= 0 (revoked or expired on the server) or when its local
+deadline passes with no successful renewal, measured on the monotonic clock from the renewal's send time.
+A lost lease leaves the registry at once; nothing else ever removes it but `KeepAlive.stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from etcdlock._wire import methods
+from etcdlock._wire import rpc_pb2 as pb
+from etcdlock.core.connection import Connection, translate
+from etcdlock.core.errors import ConfigError, LeaseNotFoundError
+from etcdlock.core.tasks import TaskOwner
+from etcdlock.core.types import Header, LeaseGrant, LeaseTimeToLive
+
+log = logging.getLogger("etcdlock.lease")
+
+# etcd refuses TTLs below its minimum (a few election timeouts) by raising them; we only reject nonsense.
+MAX_TTL = 9_000_000_000
+
+
+def check_ttl(ttl: int) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise ConfigError(f"lease TTL must be a whole number of seconds, not {type(ttl).__name__}")
+    if not 0 < ttl <= MAX_TTL:
+        raise ConfigError(f"lease TTL must be between 1 and {MAX_TTL} seconds, got {ttl}")
+    return ttl
+
+
+class KeepAlive:
+    """Handle of one lease kept alive by the client. Fires `lost` once, never un-fires."""
+
+    def __init__(self, manager: KeepAliveManager, lease_id: int, ttl: int, granted_at: float) -> None:
+        self._manager = manager
+        self.id = lease_id
+        self.ttl = ttl
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.renewals = 0
+        # Local deadline: the server keeps the lease at least until (send time of last success + TTL).
+        self.expires_at = granted_at + ttl
+        self.next_send = granted_at + self.interval
+        self.sent_at: float | None = None
+        self._callbacks: list[Callable[[str], None]] = []
+
+    @property
+    def interval(self) -> float:
+        return max(self.ttl / 3.0, 0.2)
+
+    @property
+    def active(self) -> bool:
+        return not self.lost.is_set() and self._manager.is_registered(self)
+
+    def remaining(self) -> float:
+        """Seconds until the local deadline (negative once passed)."""
+        return self.expires_at - asyncio.get_running_loop().time()
+
+    def add_lost_callback(self, fn: Callable[[str], None]) -> None:
+        """fn(reason) runs once when the lease is lost (at once if already lost). Not on stop()."""
+        if self.lost_reason is not None:
+            fn(self.lost_reason)
+        else:
+            self._callbacks.append(fn)
+
+    def remove_lost_callback(self, fn: Callable[[str], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(fn)
+
+    def _fire_lost(self, reason: str) -> None:
+        if self.lost_reason is not None:
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(reason)
+            except Exception:  # a user callback must not break the keepalive loop
+                log.exception("lease %x lost-callback failed", self.id)
+
+    def stop(self) -> None:
+        """Stop renewing (does not revoke). Idempotent."""
+        self._callbacks.clear()
+        self._manager.unregister(self)
+
+    def __repr__(self) -> str:
+        state = f"lost: {self.lost_reason}" if self.lost_reason else "alive"
+        return f"<KeepAlive lease={self.id:x} ttl={self.ttl} {state}>"
+
+
+class KeepAliveManager:
+    """Owns the one LeaseKeepAlive stream of a client and the registry of leases kept alive on it."""
+
+    def __init__(self, conn: Connection, tasks: TaskOwner) -> None:
+        self._conn = conn
+        self._tasks = tasks
+        self._registry: dict[int, KeepAlive] = {}
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[Any] | None = None
+        self._streams_open = 0
+        self.renewals_sent = 0
+        self._closed = False
+
+    # ---- registry ----
+
+    def register(self, lease_id: int, ttl: int, granted_at: float) -> KeepAlive:
+        if self._closed:
+            from etcdlock.core.errors import ClientClosedError
+
+            raise ClientClosedError("the etcdlock client is closed")
+        if lease_id in self._registry:
+            raise ConfigError(f"lease {lease_id:x} is already kept alive by this client")
+        keeper = KeepAlive(self, lease_id, ttl, granted_at)
+        self._registry[lease_id] = keeper
+        if self._runner is None:
+            self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
+        self._wake.set()
+        return keeper
+
+    def is_registered(self, keeper: KeepAlive) -> bool:
+        return self._registry.get(keeper.id) is keeper
+
+    def unregister(self, keeper: KeepAlive) -> None:
+        if self._registry.get(keeper.id) is keeper:
+            del self._registry[keeper.id]
+            self._wake.set()
+
+    def _lose(self, keeper: KeepAlive, reason: str) -> None:
+        self.unregister(keeper)
+        keeper._fire_lost(reason)
+
+    def lease_ids(self) -> list[int]:
+        return list(self._registry)
+
+    @property
+    def streams_open(self) -> int:
+        return self._streams_open
+
+    # ---- the stream ----
+
+    async def _run(self) -> None:
+        """Scheduler: keeps one stream open while any lease is registered, sends due renewals."""
+        loop = asyncio.get_running_loop()
+        call: Any = None
+        reader: asyncio.Task[Any] | None = None
+        endpoint = ""
+        failures = 0
+        try:
+            while self._registry and not self._closed:
+                now = loop.time()
+                for keeper in list(self._registry.values()):
+                    if keeper.expires_at <= now:
+                        self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
+                if not self._registry:
+                    break
+                if reader is not None and reader.done():
+                    # The stream ended under us: drop it; leases keep their local deadlines meanwhile.
+                    exc = None if reader.cancelled() else reader.exception()
+                    if isinstance(exc, grpc.aio.AioRpcError):
+                        log.info("keepalive stream at %s failed: %s", endpoint, exc.details())
+                        self._conn.report_failure(endpoint)
+                    call, reader = await self._close_stream(call, reader)
+                    failures += 1
+                if call is None:
+                    if failures:
+                        await self._pause(min(0.05 * 2**failures, 1.0))
+                        if not self._registry or self._closed:
+                            break
+                    try:
+                        endpoint, call = await self._conn.open_stream(methods.LEASE_KEEPALIVE, leader=False)
+                    except Exception as e:  # auth or connection trouble: retry with backoff
+                        log.info("cannot open keepalive stream: %s", e)
+                        failures += 1
+                        continue
+                    self._streams_open += 1
+                    reader = self._tasks.spawn(self._read(call), "lease-keepalive-reader")
+                    for keeper in self._registry.values():
+                        keeper.sent_at = None
+                        keeper.next_send = min(keeper.next_send, loop.time())
+                now = loop.time()
+                try:
+                    for keeper in list(self._registry.values()):
+                        if keeper.next_send <= now:
+                            # A renewal's deadline counts from its send time: record it before writing.
+                            keeper.sent_at = now
+                            keeper.next_send = now + keeper.interval
+                            await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
+                            self.renewals_sent += 1
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
+                    log.info("keepalive write failed: %s", e)
+                    continue  # the reader sees the failure too; the loop head reopens
+                if reader is not None and not reader.done():
+                    failures = 0 if self.renewals_sent else failures
+                wake_at = min((min(k.next_send, k.expires_at) for k in self._registry.values()), default=now)
+                await self._pause(wake_at - loop.time())
+        finally:
+            await self._close_stream(call, reader)
+            if self._runner is asyncio.current_task():
+                self._runner = None
+            # Registered again while we were closing down: hand over to a fresh runner.
+            if self._registry and not self._closed and self._runner is None:
+                self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait until woken (a lease registered or left, the stream failed) or seconds pass."""
+        self._wake.clear()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
+
+    async def _read(self, call: Any) -> None:
+        """The stream's only reader. Ends when the stream ends; raises the stream's error."""
+        loop = asyncio.get_running_loop()
+        try:
+            async for reply in call:
+                keeper = self._registry.get(reply.ID)
+                if keeper is None:
+                    continue  # stopped meanwhile
+                if reply.TTL <= 0:
+                    self._lose(keeper, "lease expired or was revoked on the server (keepalive TTL=0)")
+                    continue
+                sent = keeper.sent_at if keeper.sent_at is not None else loop.time()
+                keeper.expires_at = max(keeper.expires_at, sent + reply.TTL)
+                keeper.sent_at = None
+                keeper.renewals += 1
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # call.cancel() by the scheduler: a normal end.
+        finally:
+            self._wake.set()
+
+    async def _close_stream(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
+        if call is not None:
+            call.cancel()
+            self._streams_open -= 1
+        if reader is not None:
+            with contextlib.suppress(BaseException):
+                await reader
+        return None, None
+
+    async def close(self) -> None:
+        """Stop keeping every lease alive (no revoke) and end the stream. Idempotent."""
+        self._closed = True
+        self._registry.clear()
+        self._wake.set()
+        runner = self._runner
+        if runner is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(runner), 5.0)
+
+
+class Leases:
+    """Lease RPCs plus the keepalive manager."""
+
+    def __init__(self, conn: Connection, tasks: TaskOwner) -> None:
+        self._conn = conn
+        self.keepalive = KeepAliveManager(conn, tasks)
+
+    async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
+        reply = await self._conn.unary(methods.LEASE_GRANT, pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=lease_id),
+                                       timeout)
+        if reply.error:
+            from etcdlock.core.errors import ServerError
+
+            raise ServerError(f"lease grant failed: {reply.error}", code="LEASE_GRANT")
+        return LeaseGrant(Header.from_pb(reply.header), reply.ID, reply.TTL)
+
+    async def revoke(self, lease_id: int, *, timeout: float | None = None) -> Header:
+        try:
+            reply = await self._conn.unary(methods.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id), timeout)
+        except LeaseNotFoundError:
+            raise LeaseNotFoundError(f"lease {lease_id:x} not found (expired or revoked)", lease_id=lease_id) from None
+        return Header.from_pb(reply.header)
+
+    async def time_to_live(self, lease_id: int, *, keys: bool = False, timeout: float | None = None) -> LeaseTimeToLive:
+        reply = await self._conn.unary(methods.LEASE_TTL, pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), timeout)
+        return LeaseTimeToLive(Header.from_pb(reply.header), reply.ID, reply.TTL, reply.grantedTTL, list(reply.keys))
+
+    async def leases(self, *, timeout: float | None = None) -> list[int]:
+        reply = await self._conn.unary(methods.LEASE_LEASES, pb.LeaseLeasesRequest(), timeout)
+        return [s.ID for s in reply.leases]
+
+    def keep_alive(self, lease_id: int, ttl: int, *, granted_at: float | None = None) -> KeepAlive:
+        """Keep lease_id alive on the shared stream until stop() or loss. granted_at: monotonic (loop) time
+        the grant was sent, which bounds the lease's life until the first renewal succeeds."""
+        check_ttl(ttl)
+        now = asyncio.get_running_loop().time()
+        return self.keepalive.register(lease_id, ttl, now if granted_at is None else granted_at)
+
+
+__all__ = ["KeepAlive", "KeepAliveManager", "Leases", "check_ttl", "translate"]

@@ -1,0 +1,60 @@
+"""Ownership of background tasks: every long-lived task has a name and exactly one owner that ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+
+class TaskOwner:
+    """A set of named tasks that one object owns and must end before it is closed."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"etcdlock:{self._owner}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def names(self) -> list[str]:
+        return sorted(t.get_name() for t in self._tasks if not t.done())
+
+    def __len__(self) -> int:
+        return sum(1 for t in self._tasks if not t.done())
+
+    async def cancel_all(self, timeout: float = 5.0) -> None:
+        """Cancel and await every task (bounded); exceptions are consumed so none is left unretrieved."""
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()
+
+
+async def shielded(coro: Coroutine[Any, Any, Any], timeout: float) -> None:
+    """Run cleanup that must happen: shielded from the caller's cancellation, bounded by its own deadline.
+
+    If the caller is cancelled meanwhile, the cleanup still runs to completion (or its deadline) in its own
+    task, and the caller's CancelledError is re-raised afterwards.
+    """
+
+    async def bounded() -> None:
+        async with asyncio.timeout(timeout):
+            await coro
+
+    task = asyncio.get_running_loop().create_task(bounded(), name="etcdlock:cleanup")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The caller was cancelled; let the cleanup finish before propagating.
+        with contextlib.suppress(BaseException):
+            await task
+        raise

@@ -1,0 +1,1 @@
+"""Recipes built on the client core: sessions and locks."""

@@ -1,0 +1,35 @@
+"""Real etcd servers on loopback for tests (ours and our users').
+
+Independent of the rest of :mod:`etcdlock`: stdlib only.  pytest fixtures live in
+:mod:`etcdlock.testing.pytest_plugin` (enable with
+``pytest_plugins = ["etcdlock.testing.pytest_plugin"]``); it is not imported here so that this
+package does not require pytest.
+"""
+
+from etcdlock.testing.etcd import (
+    INSTALL_HINT,
+    EtcdCluster,
+    EtcdError,
+    EtcdMember,
+    EtcdNotInstalledError,
+    EtcdStartError,
+    EtcdTimeoutError,
+    find_etcd_binary,
+    find_etcdctl_binary,
+    free_port,
+    parse_prometheus_text,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "EtcdCluster",
+    "EtcdError",
+    "EtcdMember",
+    "EtcdNotInstalledError",
+    "EtcdStartError",
+    "EtcdTimeoutError",
+    "find_etcd_binary",
+    "find_etcdctl_binary",
+    "free_port",
+    "parse_prometheus_text",
+]
