@@ -111,6 +111,7 @@ class KeepAliveManager:
         self._runner: asyncio.Task[Any] | None = None
         self._streams_open = 0
         self.renewals_sent = 0
+        self._replies_since_open = 0
         self._closed = False
 
     # ---- registry ----
@@ -185,6 +186,7 @@ class KeepAliveManager:
                         failures += 1
                         continue
                     self._streams_open += 1
+                    self._replies_since_open = 0
                     reader = self._tasks.spawn(self._read(call), "lease-keepalive-reader")
                     for keeper in self._registry.values():
                         keeper.sent_at = None
@@ -201,8 +203,8 @@ class KeepAliveManager:
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
                     log.info("keepalive write failed: %s", e)
                     continue  # the reader sees the failure too; the loop head reopens
-                if reader is not None and not reader.done():
-                    failures = 0 if self.renewals_sent else failures
+                if self._replies_since_open:
+                    failures = 0  # the stream works again: reset the backoff
                 wake_at = min((min(k.next_send, k.expires_at) for k in self._registry.values()), default=now)
                 await self._pause(wake_at - loop.time())
         finally:
@@ -226,6 +228,7 @@ class KeepAliveManager:
         loop = asyncio.get_running_loop()
         try:
             async for reply in call:
+                self._replies_since_open += 1
                 keeper = self._registry.get(reply.ID)
                 if keeper is None:
                     continue  # stopped meanwhile

@@ -79,6 +79,7 @@ class Watcher:
         self.created = asyncio.Event()
         self.created_revision = 0
         self.state = _NEW
+        self._stream: _WatchStream | None = None
         self._buffer: deque[WatchEvent] = deque()
         self._signal = asyncio.Event()
         self._error: BaseException | None = None
@@ -229,8 +230,9 @@ def _cancel_request(watch_id: int) -> pb.WatchRequest:
 class _WatchStream:
     """One gRPC Watch stream and the watchers multiplexed on it."""
 
-    def __init__(self, hub: Watches) -> None:
+    def __init__(self, hub: Watches, key: str) -> None:
         self._hub = hub
+        self.key = key
         self.by_id: dict[int, Watcher] = {}
         self.pending: deque[Watcher] = deque()  # waiting to be created, in order
         self.inflight: Watcher | None = None  # create sent, reply not yet seen
@@ -243,6 +245,8 @@ class _WatchStream:
         self.endpoint = ""
         self.generations = 0
         self.cancels_sent = 0
+        self.replies_since_open = 0
+        self.fragments_received = 0
         self.runner = hub._tasks.spawn(self._run(), "watch-stream")
 
     # ---- membership ----
@@ -310,6 +314,7 @@ class _WatchStream:
                         failures += 1
                         continue
                     self.generations += 1
+                    self.replies_since_open = 0
                     reader = self._hub._tasks.spawn(self._read(call), "watch-reader")
                 try:
                     while self._outbox:
@@ -323,14 +328,16 @@ class _WatchStream:
                         self.inflight, self.inflight_abandoned = w, False
                         await call.write(w.create_request())
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
+                    # The call is broken; its reader sees that too. Wait for it, then resume above.
                     log.info("watch stream write failed: %s", e)
-                    await self._pause(None, reader)
+                    if reader is not None:
+                        await asyncio.wait([reader])
                     continue
                 if reader is not None and reader.done():
                     continue
                 await self._pause(None, reader)
-                if self.generations and reader is not None and not reader.done():
-                    failures = 0
+                if self.replies_since_open:
+                    failures = 0  # the stream works again: reset the backoff
         finally:
             await self._drop(call, reader)
             for w in [*self.by_id.values(), *self.pending, *([self.inflight] if self.inflight else [])]:
@@ -379,6 +386,7 @@ class _WatchStream:
     async def _read(self, call: Any) -> None:
         try:
             async for resp in call:
+                self.replies_since_open += 1
                 self._dispatch(resp)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -416,7 +424,8 @@ class _WatchStream:
             if w2 is not None:
                 del self.by_id[wid]
                 w2._fail(self._cancel_error(w2, resp))
-                self._hub._watcher_ended(w2)
+                w2._stream = None
+                self._hub._maybe_close(self)
             return
         if w2 is None:
             # Events for a watch we don't know (or already cancelled): make sure the server stops sending.
@@ -425,6 +434,7 @@ class _WatchStream:
             return
         events = [_event(e) for e in resp.events]
         if resp.fragment:
+            self.fragments_received += 1
             self._fragments.setdefault(wid, []).extend(events)
             return
         if wid in self._fragments:
@@ -435,7 +445,8 @@ class _WatchStream:
         if not w2._deliver(events):
             del self.by_id[wid]
             self.cancel_id(wid)
-            self._hub._watcher_ended(w2)
+            w2._stream = None
+            self._hub._maybe_close(self)
 
     @staticmethod
     def _create_error(w: Watcher, resp: Any) -> BaseException:
@@ -493,37 +504,40 @@ class Watches:
             progress_notify=progress_notify, max_buffer=buf,
         )
 
+    @staticmethod
+    def _stream_key(w: Watcher) -> str:
+        """Which stream a watcher goes on. Constant by design: anything taken from the call (its key, its
+        timeout, its task) would give every call a stream of its own, never shared and never reused."""
+        return STREAM_KEY
+
     def _attach(self, w: Watcher) -> None:
         if self._closed:
             w._fail(ClientClosedError("the etcdlock client is closed"))
             return
-        stream = self._streams.get(STREAM_KEY)
+        key = self._stream_key(w)
+        stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[STREAM_KEY] = _WatchStream(self)
+            stream = self._streams[key] = _WatchStream(self, key)
+        w._stream = stream
         stream.add(w)
 
     def _detach(self, w: Watcher) -> None:
-        stream = self._streams.get(STREAM_KEY)
+        stream, w._stream = w._stream, None
         if stream is not None:
             stream.remove(w)
             self._maybe_close(stream)
 
-    def _watcher_ended(self, w: Watcher) -> None:
-        stream = self._streams.get(STREAM_KEY)
-        if stream is not None:
-            self._maybe_close(stream)
-
     def _maybe_close(self, stream: _WatchStream) -> None:
         """The last watcher left: retire the stream (etcd frees every watcher on it when it closes)."""
-        if stream.is_empty() and self._streams.get(STREAM_KEY) is stream:
-            del self._streams[STREAM_KEY]
+        if stream.is_empty() and self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
             self._closing.add(stream)
             stream.close()
 
     def _stream_finished(self, stream: _WatchStream) -> None:
         self._closing.discard(stream)
-        if self._streams.get(STREAM_KEY) is stream:
-            del self._streams[STREAM_KEY]
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
 
     # ---- introspection ----
 
