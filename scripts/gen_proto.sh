@@ -3,7 +3,7 @@
 # so the output is byte-for-byte reproducible (CI regenerates and diffs against the committed files).
 # The pin decides the oldest protobuf runtime the stubs accept; see pyproject.toml for the proven range.
 set -euo pipefail
-GRPCIO_TOOLS_PIN=${GRPCIO_TOOLS_PIN:-PLACEHOLDER}
+GRPCIO_TOOLS_PIN=${GRPCIO_TOOLS_PIN:-1.65.5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/src}
 venv=${GEN_PROTO_VENV:-/tmp/etcdlock-gen-proto-venv-$GRPCIO_TOOLS_PIN}

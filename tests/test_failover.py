@@ -61,7 +61,9 @@ def _member_of(cluster: EtcdCluster, endpoint: str) -> EtcdMember:
     return next(m for m in cluster.members if m.endpoint == endpoint)
 
 
-async def test_watch_resumes_on_another_member_without_loss_or_duplicates(cluster: EtcdCluster, ns: str) -> None:
+async def test_watch_resumes_on_another_member_without_loss_or_duplicates(
+    cluster: EtcdCluster, ns: str
+) -> None:
     total = 300
     async with Client(cluster.endpoints, timeout=5) as watcher_client:
         watched_member = _member_of(cluster, watcher_client.current_endpoint)

@@ -543,7 +543,11 @@ BAD_CALLS: list[tuple[str, Any, str]] = [
     ("bad sort_order", lambda c: c.get("/a", sort_order="up"), r"sort_order must be one of .*'up'"),
     ("bad sort_target", lambda c: c.get("/a", sort_target="size"), r"sort_target must be one of .*'size'"),
     ("put str lease", lambda c: c.put("/a", "v", lease="7"), r"lease must be an int, not str"),
-    ("timeout zero", lambda c: c.get("/a", timeout=0), r"timeout must be a positive, finite number of .*got 0"),
+    (
+        "timeout zero",
+        lambda c: c.get("/a", timeout=0),
+        r"timeout must be a positive, finite number of .*got 0",
+    ),
     ("timeout negative", lambda c: c.put("/a", "v", timeout=-1.0), r"positive, finite .*, got -1\.0"),
     ("timeout nan", lambda c: c.get("/a", timeout=math.nan), r"positive, finite .*, got nan"),
     ("timeout inf", lambda c: c.get("/a", timeout=math.inf), r"positive, finite .*, got inf"),
@@ -555,8 +559,12 @@ BAD_CALLS: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("call", "message"), [(c, m) for _, c, m in BAD_CALLS], ids=[n for n, _, _ in BAD_CALLS])
-async def test_bad_input_is_config_error_and_sends_nothing(idle_client: Client, call: Any, message: str) -> None:
+@pytest.mark.parametrize(
+    ("call", "message"), [(c, m) for _, c, m in BAD_CALLS], ids=[n for n, _, _ in BAD_CALLS]
+)
+async def test_bad_input_is_config_error_and_sends_nothing(
+    idle_client: Client, call: Any, message: str
+) -> None:
     with pytest.raises(etcdlock.ConfigError, match=message) as info:
         await call(idle_client)
     assert isinstance(info.value, ValueError)  # ConfigError is also a ValueError
@@ -657,7 +665,6 @@ async def test_unreachable_endpoint_fails_fast_and_holds_nothing() -> None:
         async with c:
             pytest.fail("entered a client whose only endpoint is unreachable")
     elapsed = time.monotonic() - start
-    print(f"unreachable connect failed after {elapsed:.3f}s")
     assert elapsed < 3.0, f"connect to an unreachable endpoint took {elapsed:.2f}s with timeout=1.0"
     assert "127.0.0.1:1" in str(info.value)
     assert info.value.endpoints == ("127.0.0.1:1",)

@@ -64,8 +64,10 @@ async def test_10k_watch_create_cancel_cycles_leave_nothing(etcd_fresh: EtcdClus
         await c.put("seen", "x")
         for i in range(CONCURRENCY):  # warm-up: channel, grpc threads, first stream
             await _one_watch_cycle(c, i)
-        await wait_until(lambda: c.resources().watch_streams + c.resources().watch_streams_closing == 0,
-                         what="warm-up stream closed")
+        await wait_until(
+            lambda: c.resources().watch_streams + c.resources().watch_streams_closing == 0,
+            what="warm-up stream closed",
+        )
         await wait_until(lambda: _server_watch_gauges(etcd_fresh) == (0, 0), what="server idle after warm-up")
         gc.collect()
         base_tasks, base_fds = len(asyncio.all_tasks()), fd_count()
@@ -73,19 +75,28 @@ async def test_10k_watch_create_cancel_cycles_leave_nothing(etcd_fresh: EtcdClus
 
         max_streams = 0
         for start in range(0, WATCH_CYCLES, CONCURRENCY):
-            await asyncio.gather(*(_one_watch_cycle(c, i) for i in range(start, start + CONCURRENCY)),
-                                 _sample(c, lambda n: None))
+            await asyncio.gather(
+                *(_one_watch_cycle(c, i) for i in range(start, start + CONCURRENCY)),
+                _sample(c, lambda n: None),
+            )
             max_streams = max(max_streams, c.resources().watch_streams)
             assert c.resources().watch_streams <= 1, f"stream registry grew: {c.resources()}"
             assert c.resources().watch_streams_closing <= 2, f"closing streams pile up: {c.resources()}"
 
-        await wait_until(lambda: c.resources().watch_streams + c.resources().watch_streams_closing == 0,
-                         what="client watch streams closed")
+        await wait_until(
+            lambda: c.resources().watch_streams + c.resources().watch_streams_closing == 0,
+            what="client watch streams closed",
+        )
         assert c.resources().watchers == 0
-        await wait_until(lambda: _server_watch_gauges(etcd_fresh) == base_gauges, timeout=10,
-                         what=f"etcd watch gauges back to {base_gauges}")
+        await wait_until(
+            lambda: _server_watch_gauges(etcd_fresh) == base_gauges,
+            timeout=10,
+            what=f"etcd watch gauges back to {base_gauges}",
+        )
         gc.collect()
-        await wait_until(lambda: len(asyncio.all_tasks()) == base_tasks, what="asyncio tasks back to baseline")
+        await wait_until(
+            lambda: len(asyncio.all_tasks()) == base_tasks, what="asyncio tasks back to baseline"
+        )
         assert fd_count() == base_fds
         assert max_streams <= 1
 
@@ -119,6 +130,9 @@ async def test_200_client_open_close_cycles_leave_nothing(etcd: EtcdCluster) -> 
         await _client_cycle(etcd.endpoints, i)
     gc.collect()
     await wait_until(lambda: tcp_connections(ports) == 0, what="TCP connections to etcd closed")
-    await wait_until(lambda: (fd_count(), thread_count(), len(asyncio.all_tasks())) == base, timeout=10,
-                     what=f"fds/threads/tasks back to {base}, now "
-                          f"{(fd_count(), thread_count(), len(asyncio.all_tasks()))}")
+    await wait_until(
+        lambda: (fd_count(), thread_count(), len(asyncio.all_tasks())) == base,
+        timeout=10,
+        what=f"fds/threads/tasks back to {base}, now "
+        f"{(fd_count(), thread_count(), len(asyncio.all_tasks()))}",
+    )

@@ -15,7 +15,9 @@ from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 
 
-async def collect(client: Client, n: int, key: str, **options: object) -> list[tuple[EventType, bytes, bytes]]:
+async def collect(
+    client: Client, n: int, key: str, **options: object
+) -> list[tuple[EventType, bytes, bytes]]:
     out: list[tuple[EventType, bytes, bytes]] = []
     async for ev in client.watch(key, **options):  # type: ignore[arg-type]
         out.append((ev.type, ev.kv.key, ev.kv.value))
@@ -106,10 +108,14 @@ async def test_all_watchers_share_one_stream(fresh_client: Client, etcd_fresh: E
         assert member.metric("etcd_debugging_mvcc_watch_stream_total") == base_streams + 1
         assert len({w.watch_id for w in watchers}) == 25
     # The last watcher left: the stream closes, on our side and on the server.
-    await wait_until(lambda: fresh_client.resources().watch_streams + fresh_client.resources().watch_streams_closing == 0,
-                     what="client watch stream closed")
-    await wait_until(lambda: member.metric("etcd_debugging_mvcc_watch_stream_total") == base_streams,
-                     what="server watch stream gone")
+    await wait_until(
+        lambda: fresh_client.resources().watch_streams + fresh_client.resources().watch_streams_closing == 0,
+        what="client watch stream closed",
+    )
+    await wait_until(
+        lambda: member.metric("etcd_debugging_mvcc_watch_stream_total") == base_streams,
+        what="server watch stream gone",
+    )
 
 
 # ---- every exit path sends a cancel ----
@@ -151,9 +157,12 @@ async def _exit_by_task_cancel(c: Client) -> None:
         await task
 
 
-@pytest.mark.parametrize("exit_path", [_exit_by_break, _exit_by_exception, _exit_by_timeout, _exit_by_task_cancel])
-async def test_every_exit_path_cancels_on_the_server(fresh_client: Client, etcd_fresh: EtcdCluster,
-                                                      exit_path: object) -> None:
+@pytest.mark.parametrize(
+    "exit_path", [_exit_by_break, _exit_by_exception, _exit_by_timeout, _exit_by_task_cancel]
+)
+async def test_every_exit_path_cancels_on_the_server(
+    fresh_client: Client, etcd_fresh: EtcdCluster, exit_path: object
+) -> None:
     member = etcd_fresh.members[0]
     # An anchor keeps the stream open, so the only way the server's watcher count drops is a cancel request.
     anchor = fresh_client.watch("anchor")
@@ -162,13 +171,17 @@ async def test_every_exit_path_cancels_on_the_server(fresh_client: Client, etcd_
         base = member.metric("etcd_debugging_mvcc_watcher_total")
         await fresh_client.put("x", "1")
         await asyncio.wait_for(exit_path(fresh_client), 5)  # type: ignore[operator]
-        await wait_until(lambda: member.metric("etcd_debugging_mvcc_watcher_total") == base,
-                         what="server watcher count back to baseline")
+        await wait_until(
+            lambda: member.metric("etcd_debugging_mvcc_watcher_total") == base,
+            what="server watcher count back to baseline",
+        )
         assert fresh_client.resources().watchers == 1
         assert fresh_client.resources().watch_streams == 1
 
 
-async def test_cancel_before_create_reply_still_cancels(fresh_client: Client, etcd_fresh: EtcdCluster) -> None:
+async def test_cancel_before_create_reply_still_cancels(
+    fresh_client: Client, etcd_fresh: EtcdCluster
+) -> None:
     member = etcd_fresh.members[0]
     anchor = fresh_client.watch("anchor")
     async with anchor:
@@ -179,8 +192,10 @@ async def test_cancel_before_create_reply_still_cancels(fresh_client: Client, et
             w.start()
             await asyncio.sleep(0)  # let the runner send the create, but not the reply arrive
             w.cancel()
-        await wait_until(lambda: member.metric("etcd_debugging_mvcc_watcher_total") == base,
-                         what="abandoned creates cancelled on the server")
+        await wait_until(
+            lambda: member.metric("etcd_debugging_mvcc_watcher_total") == base,
+            what="abandoned creates cancelled on the server",
+        )
         assert fresh_client.resources().watchers == 1
 
 

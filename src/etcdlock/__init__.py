@@ -1,4 +1,4 @@
-"""etcdlock: distributed locks on etcd that never leak, never lie about who holds a lock, and hand over fast."""
+"""etcdlock: distributed locks on etcd that never leak, never lie about who holds a lock, hand over fast."""
 
 from etcdlock.core.client import Client, Resources
 from etcdlock.core.connection import TLSConfig

@@ -1,4 +1,4 @@
-"""The asyncio etcd client: one object that owns the connection, the keepalive stream and the watch streams."""
+"""The asyncio etcd client: one object owning the connection, the keepalive stream and the watch streams."""
 
 from __future__ import annotations
 
@@ -44,8 +44,15 @@ class Resources:
     tasks: list[str]
 
     def total(self) -> int:
-        return (self.channels + self.watch_streams + self.watch_streams_closing + self.watchers
-                + self.keepalive_streams + self.keepalive_leases + len(self.tasks))
+        return (
+            self.channels
+            + self.watch_streams
+            + self.watch_streams_closing
+            + self.watchers
+            + self.keepalive_streams
+            + self.keepalive_leases
+            + len(self.tasks)
+        )
 
 
 class Client:
@@ -65,7 +72,9 @@ class Client:
         tls: TLSConfig | None = None,
         watch_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
-        self._conn = Connection(endpoints, tls=tls, username=username, password=password, default_timeout=timeout)
+        self._conn = Connection(
+            endpoints, tls=tls, username=username, password=password, default_timeout=timeout
+        )
         self._tasks = TaskOwner("client")
         self._kv = KV(self._conn)
         self._leases: Leases | None = None
@@ -138,23 +147,42 @@ class Client:
 
     # ---- KV ----
 
-    async def get(self, key: Key, *, timeout: float | None = None, **options: Unpack[RangeOptions]) -> GetResult:
+    async def get(
+        self, key: Key, *, timeout: float | None = None, **options: Unpack[RangeOptions]
+    ) -> GetResult:
         """Read a key, a prefix (prefix=True) or a range (range_end=...)."""
         return await self._kv.get(key, timeout=timeout, **options)
 
     async def put(
-        self, key: Key, value: str | bytes, *, lease: int = 0, prev_kv: bool = False, timeout: float | None = None
+        self,
+        key: Key,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        timeout: float | None = None,
     ) -> PutResult:
         return await self._kv.put(key, value, lease=lease, prev_kv=prev_kv, timeout=timeout)
 
     async def delete(
-        self, key: Key, *, prefix: bool = False, range_end: Key | None = None, prev_kv: bool = False,
+        self,
+        key: Key,
+        *,
+        prefix: bool = False,
+        range_end: Key | None = None,
+        prev_kv: bool = False,
         timeout: float | None = None,
     ) -> DeleteResult:
-        return await self._kv.delete(key, prefix=prefix, range_end=range_end, prev_kv=prev_kv, timeout=timeout)
+        return await self._kv.delete(
+            key, prefix=prefix, range_end=range_end, prev_kv=prev_kv, timeout=timeout
+        )
 
     async def txn(
-        self, compare: list[Compare], success: list[Op], failure: list[Op] | None = None, *,
+        self,
+        compare: list[Compare],
+        success: list[Op],
+        failure: list[Op] | None = None,
+        *,
         timeout: float | None = None,
     ) -> TxnResult:
         return await self._kv.txn(compare, success, failure, timeout=timeout)
@@ -170,7 +198,9 @@ class Client:
     async def revoke(self, lease_id: int, *, timeout: float | None = None) -> Header:
         return await self._lease.revoke(lease_id, timeout=timeout)
 
-    async def time_to_live(self, lease_id: int, *, keys: bool = False, timeout: float | None = None) -> LeaseTimeToLive:
+    async def time_to_live(
+        self, lease_id: int, *, keys: bool = False, timeout: float | None = None
+    ) -> LeaseTimeToLive:
         return await self._lease.time_to_live(lease_id, keys=keys, timeout=timeout)
 
     async def leases(self, *, timeout: float | None = None) -> list[int]:
@@ -197,20 +227,36 @@ class Client:
     ) -> Watcher:
         """``async for event in client.watch(key, ...)``: events from start_revision (0 = from now)."""
         return self._watch.watch(
-            key, prefix=prefix, range_end=range_end, start_revision=start_revision, no_put=no_put,
-            no_delete=no_delete, prev_kv=prev_kv, progress_notify=progress_notify, max_buffer=max_buffer,
+            key,
+            prefix=prefix,
+            range_end=range_end,
+            start_revision=start_revision,
+            no_put=no_put,
+            no_delete=no_delete,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            max_buffer=max_buffer,
         )
 
     # ---- cluster ----
 
     async def status(self, *, timeout: float | None = None) -> Status:
         reply = await self._conn.unary(methods.STATUS, pb.StatusRequest(), timeout)
-        return Status(Header.from_pb(reply.header), reply.version, reply.dbSize, reply.leader, reply.raftIndex,
-                      reply.raftTerm, self._conn.current_endpoint)
+        return Status(
+            Header.from_pb(reply.header),
+            reply.version,
+            reply.dbSize,
+            reply.leader,
+            reply.raftIndex,
+            reply.raftTerm,
+            self._conn.current_endpoint,
+        )
 
     async def member_list(self, *, timeout: float | None = None) -> list[Member]:
         reply = await self._conn.unary(methods.MEMBER_LIST, pb.MemberListRequest(), timeout)
-        return [Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner) for m in reply.members]
+        return [
+            Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner) for m in reply.members
+        ]
 
     # ---- diagnostics ----
 

@@ -264,7 +264,9 @@ class Connection:
                         f"(endpoints {', '.join(self.endpoints)}; last error: {last})",
                         endpoints=self.endpoints,
                     )
-                raise EtcdTimeoutError(f"{method.name} timed out after {timeout:g}s at {self.current_endpoint}")
+                raise EtcdTimeoutError(
+                    f"{method.name} timed out after {timeout:g}s at {self.current_endpoint}"
+                )
             endpoint = self.current_endpoint
             try:
                 md = await self._metadata(endpoint, remaining, leader=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Unpack, TypedDict
+from typing import TypedDict, Unpack
 
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
@@ -67,14 +67,24 @@ class KV:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def get(self, key: Key, *, timeout: float | None = None, **options: Unpack[RangeOptions]) -> GetResult:
+    async def get(
+        self, key: Key, *, timeout: float | None = None, **options: Unpack[RangeOptions]
+    ) -> GetResult:
         reply = await self._conn.unary(methods.RANGE, range_request(key, **options), timeout)
         return get_result(reply)
 
     async def put(
-        self, key: Key, value: str | bytes, *, lease: int = 0, prev_kv: bool = False, timeout: float | None = None
+        self,
+        key: Key,
+        value: str | bytes,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        timeout: float | None = None,
     ) -> PutResult:
-        reply = await self._conn.unary(methods.PUT, put_request(key, value, lease=lease, prev_kv=prev_kv), timeout)
+        reply = await self._conn.unary(
+            methods.PUT, put_request(key, value, lease=lease, prev_kv=prev_kv), timeout
+        )
         return put_result(reply)
 
     async def delete(
@@ -101,6 +111,7 @@ class KV:
         return txn_result(reply)
 
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
-        reply = await self._conn.unary(methods.COMPACT, pb.CompactionRequest(revision=revision, physical=physical),
-                                       timeout)
+        reply = await self._conn.unary(
+            methods.COMPACT, pb.CompactionRequest(revision=revision, physical=physical), timeout
+        )
         return Header.from_pb(reply.header)

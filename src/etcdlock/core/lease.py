@@ -275,8 +275,9 @@ class Leases:
         self.keepalive = KeepAliveManager(conn, tasks)
 
     async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
-        reply = await self._conn.unary(methods.LEASE_GRANT, pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=lease_id),
-                                       timeout)
+        reply = await self._conn.unary(
+            methods.LEASE_GRANT, pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=lease_id), timeout
+        )
         if reply.error:
             from etcdlock.core.errors import ServerError
 
@@ -287,12 +288,20 @@ class Leases:
         try:
             reply = await self._conn.unary(methods.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id), timeout)
         except LeaseNotFoundError:
-            raise LeaseNotFoundError(f"lease {lease_id:x} not found (expired or revoked)", lease_id=lease_id) from None
+            raise LeaseNotFoundError(
+                f"lease {lease_id:x} not found (expired or revoked)", lease_id=lease_id
+            ) from None
         return Header.from_pb(reply.header)
 
-    async def time_to_live(self, lease_id: int, *, keys: bool = False, timeout: float | None = None) -> LeaseTimeToLive:
-        reply = await self._conn.unary(methods.LEASE_TTL, pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), timeout)
-        return LeaseTimeToLive(Header.from_pb(reply.header), reply.ID, reply.TTL, reply.grantedTTL, list(reply.keys))
+    async def time_to_live(
+        self, lease_id: int, *, keys: bool = False, timeout: float | None = None
+    ) -> LeaseTimeToLive:
+        reply = await self._conn.unary(
+            methods.LEASE_TTL, pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), timeout
+        )
+        return LeaseTimeToLive(
+            Header.from_pb(reply.header), reply.ID, reply.TTL, reply.grantedTTL, list(reply.keys)
+        )
 
     async def leases(self, *, timeout: float | None = None) -> list[int]:
         reply = await self._conn.unary(methods.LEASE_LEASES, pb.LeaseLeasesRequest(), timeout)

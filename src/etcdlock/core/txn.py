@@ -19,7 +19,11 @@ _RESULTS = {
     "<": pb.Compare.LESS,
     ">": pb.Compare.GREATER,
 }
-_SORT_ORDERS = {"none": pb.RangeRequest.NONE, "ascend": pb.RangeRequest.ASCEND, "descend": pb.RangeRequest.DESCEND}
+_SORT_ORDERS = {
+    "none": pb.RangeRequest.NONE,
+    "ascend": pb.RangeRequest.ASCEND,
+    "descend": pb.RangeRequest.DESCEND,
+}
 _SORT_TARGETS = {
     "key": pb.RangeRequest.KEY,
     "version": pb.RangeRequest.VERSION,
@@ -29,7 +33,7 @@ _SORT_TARGETS = {
 }
 
 
-def _result(op: str) -> pb.Compare.CompareResult.ValueType:
+def _result(op: str) -> pb.Compare.CompareResult:
     try:
         return _RESULTS[op]
     except KeyError:
@@ -51,28 +55,52 @@ class Compare:
 
     @classmethod
     def version(cls, key: Key, op: Operator, version: int) -> Compare:
-        return cls(pb.Compare(key=to_bytes(key), target=pb.Compare.VERSION, result=_result(op),
-                              version=_int(version, "version")))
+        return cls(
+            pb.Compare(
+                key=to_bytes(key),
+                target=pb.Compare.VERSION,
+                result=_result(op),
+                version=_int(version, "version"),
+            )
+        )
 
     @classmethod
     def create_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
-        return cls(pb.Compare(key=to_bytes(key), target=pb.Compare.CREATE, result=_result(op),
-                              create_revision=_int(revision, "create_revision")))
+        return cls(
+            pb.Compare(
+                key=to_bytes(key),
+                target=pb.Compare.CREATE,
+                result=_result(op),
+                create_revision=_int(revision, "create_revision"),
+            )
+        )
 
     @classmethod
     def mod_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
-        return cls(pb.Compare(key=to_bytes(key), target=pb.Compare.MOD, result=_result(op),
-                              mod_revision=_int(revision, "mod_revision")))
+        return cls(
+            pb.Compare(
+                key=to_bytes(key),
+                target=pb.Compare.MOD,
+                result=_result(op),
+                mod_revision=_int(revision, "mod_revision"),
+            )
+        )
 
     @classmethod
     def value(cls, key: Key, op: Operator, value: str | bytes) -> Compare:
-        return cls(pb.Compare(key=to_bytes(key), target=pb.Compare.VALUE, result=_result(op),
-                              value=to_bytes(value, "value")))
+        return cls(
+            pb.Compare(
+                key=to_bytes(key), target=pb.Compare.VALUE, result=_result(op), value=to_bytes(value, "value")
+            )
+        )
 
     @classmethod
     def lease(cls, key: Key, op: Operator, lease_id: int) -> Compare:
-        return cls(pb.Compare(key=to_bytes(key), target=pb.Compare.LEASE, result=_result(op),
-                              lease=_int(lease_id, "lease")))
+        return cls(
+            pb.Compare(
+                key=to_bytes(key), target=pb.Compare.LEASE, result=_result(op), lease=_int(lease_id, "lease")
+            )
+        )
 
 
 def range_request(
@@ -118,8 +146,9 @@ def range_request(
 
 
 def put_request(key: Key, value: str | bytes, *, lease: int = 0, prev_kv: bool = False) -> pb.PutRequest:
-    return pb.PutRequest(key=to_bytes(key), value=to_bytes(value, "value"), lease=_int(lease, "lease"),
-                         prev_kv=prev_kv)
+    return pb.PutRequest(
+        key=to_bytes(key), value=to_bytes(value, "value"), lease=_int(lease, "lease"), prev_kv=prev_kv
+    )
 
 
 def delete_request(
@@ -144,10 +173,14 @@ class Op:
         return cls(pb.RequestOp(request_put=put_request(key, value, lease=lease, prev_kv=prev_kv)))
 
     @classmethod
-    def delete(cls, key: Key, *, prefix: bool = False, range_end: Key | None = None,
-               prev_kv: bool = False) -> Op:
-        return cls(pb.RequestOp(request_delete_range=delete_request(key, prefix=prefix, range_end=range_end,
-                                                                    prev_kv=prev_kv)))
+    def delete(
+        cls, key: Key, *, prefix: bool = False, range_end: Key | None = None, prev_kv: bool = False
+    ) -> Op:
+        return cls(
+            pb.RequestOp(
+                request_delete_range=delete_request(key, prefix=prefix, range_end=range_end, prev_kv=prev_kv)
+            )
+        )
 
     @classmethod
     def txn(cls, compare: list[Compare], success: list[Op], failure: list[Op] | None = None) -> Op:

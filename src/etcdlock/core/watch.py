@@ -30,7 +30,13 @@ import grpc.aio
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection
-from etcdlock.core.errors import ClientClosedError, CompactedError, ConfigError, WatchError, WatchOverflowError
+from etcdlock.core.errors import (
+    ClientClosedError,
+    CompactedError,
+    ConfigError,
+    WatchError,
+    WatchOverflowError,
+)
 from etcdlock.core.tasks import TaskOwner
 from etcdlock.core.types import EventType, Key, KeyValue, WatchEvent, key_range, to_bytes
 
@@ -277,7 +283,9 @@ class _WatchStream:
         return not self.by_id and not self.pending and not inflight_live
 
     def live_watchers(self) -> int:
-        return len(self.by_id) + len(self.pending) + (1 if self.inflight and not self.inflight_abandoned else 0)
+        return (
+            len(self.by_id) + len(self.pending) + (1 if self.inflight and not self.inflight_abandoned else 0)
+        )
 
     def close(self) -> None:
         self.closing = True
@@ -294,8 +302,12 @@ class _WatchStream:
                 if reader is not None and reader.done():
                     exc = None if reader.cancelled() else reader.exception()
                     detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-                    log.info("watch stream at %s ended (%s); resuming %d watchers", self.endpoint, detail,
-                             self.live_watchers())
+                    log.info(
+                        "watch stream at %s ended (%s); resuming %d watchers",
+                        self.endpoint,
+                        detail,
+                        self.live_watchers(),
+                    )
                     self._hub._conn.report_failure(self.endpoint)
                     call, reader = await self._drop(call, reader)
                     self._requeue()
@@ -493,15 +505,24 @@ class Watches:
         progress_notify: bool = False,
         max_buffer: int | None = None,
     ) -> Watcher:
-        k, end = key_range(to_bytes(key), prefix, None if range_end is None else to_bytes(range_end, "range_end"))
+        k, end = key_range(
+            to_bytes(key), prefix, None if range_end is None else to_bytes(range_end, "range_end")
+        )
         if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 0:
             raise ConfigError(f"start_revision must be an int >= 0, got {start_revision!r}")
         buf = self.max_buffer if max_buffer is None else max_buffer
         if not isinstance(buf, int) or buf < 1:
             raise ConfigError(f"max_buffer must be a positive int, got {buf!r}")
         return Watcher(
-            self, k, end, start_revision, no_put=no_put, no_delete=no_delete, prev_kv=prev_kv,
-            progress_notify=progress_notify, max_buffer=buf,
+            self,
+            k,
+            end,
+            start_revision,
+            no_put=no_put,
+            no_delete=no_delete,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+            max_buffer=buf,
         )
 
     @staticmethod

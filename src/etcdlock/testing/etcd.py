@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import dataclasses
 import ctypes
 import functools
 import json
@@ -60,6 +61,7 @@ __all__ = [
     "EtcdNotInstalledError",
     "EtcdStartError",
     "EtcdTimeoutError",
+    "ServerTLS",
     "find_etcd_binary",
     "find_etcdctl_binary",
     "free_port",
@@ -70,6 +72,19 @@ INSTALL_HINT = "apt-get install etcd-server etcd-client"
 """How to install etcd (server and etcdctl) on Debian/Ubuntu."""
 
 LOOPBACK = "127.0.0.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTLS:
+    """Serve clients over TLS with these PEM files; client_cert_auth also demands client certificates.
+
+    Health and metrics then move to a separate plain-http metrics port, so probes need no certificates.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    client_cert_auth: bool = True
 
 _ENV_ETCD = "ETCDLOCK_ETCD_BINARY"
 _ENV_ETCDCTL = "ETCDLOCK_ETCDCTL_BINARY"
@@ -372,7 +387,13 @@ class EtcdMember:
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         extra_args: Sequence[str] = (),
+        tls: ServerTLS | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        if tls is not None and metrics_port is None:
+            raise ValueError("a TLS member needs a metrics_port for plain-http health and metrics probes")
+        self._tls = tls
+        self._metrics_port = metrics_port
         self._name = name
         self._base_dir = Path(base_dir)
         self._client_port = client_port
@@ -409,7 +430,19 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{LOOPBACK}:{self._client_port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{LOOPBACK}:{self._client_port}"
+
+    @property
+    def probe_url(self) -> str:
+        """Plain-http base URL for /health and /metrics (the metrics port when serving TLS)."""
+        if self._metrics_port is not None:
+            return f"http://{LOOPBACK}:{self._metrics_port}"
+        return self.client_url
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        return self._tls
 
     @property
     def peer_url(self) -> str:
@@ -480,8 +513,21 @@ class EtcdMember:
             "--logger=zap",
             "--log-outputs=stderr",
             "--enable-v2=false",
+            *self._tls_args(),
             *self._extra_args,  # last, so they can override the above
         ]
+
+    def _tls_args(self) -> list[str]:
+        args = [] if self._metrics_port is None else [f"--listen-metrics-urls={self.probe_url}"]
+        if self._tls is not None:
+            args += [
+                f"--cert-file={self._tls.cert_file}",
+                f"--key-file={self._tls.key_file}",
+                f"--trusted-ca-file={self._tls.ca_file}",
+            ]
+            if self._tls.client_cert_auth:
+                args.append("--client-cert-auth")
+        return args
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -528,7 +574,7 @@ class EtcdMember:
     def _poll_ready(self, timeout: float = _HTTP_TIMEOUT) -> tuple[bool, str]:
         """One readiness probe: (healthy?, description of the last failure)."""
         try:
-            body = _http_get(self.client_url + "/health", timeout=timeout)
+            body = _http_get(self.probe_url + "/health", timeout=timeout)
         except urllib.error.HTTPError as exc:  # etcd answers 503 {"health":"false"} when unhealthy
             with exc:
                 detail = exc.read(1024).decode(errors="replace").strip()
@@ -695,7 +741,7 @@ class EtcdMember:
 
     def metrics(self, timeout: float = 5.0) -> dict[str, float]:
         """All samples of ``GET /metrics``, keyed by name with labels exactly as printed."""
-        url = self.client_url + "/metrics"
+        url = self.probe_url + "/metrics"
         try:
             body = _http_get(url, timeout=timeout)
         except OSError as exc:  # includes URLError/HTTPError and timeouts
@@ -799,7 +845,9 @@ class EtcdCluster:
         election_ms: int | None = None,
         start_timeout: float = 20.0,
         binary: str | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
+        self._tls = tls
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, got size={size}")
         if heartbeat_ms is None:
@@ -862,17 +910,20 @@ class EtcdCluster:
         self.stop()
 
     def _make_members(self, binary: str, tmp: Path) -> list[EtcdMember]:
-        ports = _free_ports(2 * self._size)
+        per = 3 if self._tls is not None else 2
+        ports = _free_ports(per * self._size)
         names = [f"m{i}" for i in range(self._size)]
         initial_cluster = ",".join(
-            f"{name}=http://{LOOPBACK}:{ports[2 * i + 1]}" for i, name in enumerate(names)
+            f"{name}=http://{LOOPBACK}:{ports[per * i + 1]}" for i, name in enumerate(names)
         )
         return [
             EtcdMember(
                 name,
                 base_dir=tmp / name,
-                client_port=ports[2 * i],
-                peer_port=ports[2 * i + 1],
+                client_port=ports[per * i],
+                peer_port=ports[per * i + 1],
+                tls=self._tls,
+                metrics_port=ports[per * i + 2] if self._tls is not None else None,
                 initial_cluster=initial_cluster,
                 cluster_token=self._token,
                 binary=binary,
