@@ -23,12 +23,11 @@ import platform
 import sys
 import types
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 
 def _import_stubs() -> tuple[Any, Any]:
-    """Import etcdlock._wire.{kv,rpc}_pb2 without executing etcdlock/__init__.py (the client may not import)."""
+    """Import etcdlock._wire.{kv,rpc}_pb2 without running etcdlock/__init__.py (the client may not import)."""
     if "etcdlock" not in sys.modules:
         spec = importlib.util.find_spec("etcdlock")
         if spec is not None and spec.submodule_search_locations:
@@ -52,13 +51,17 @@ kv_pb2, rpc_pb2 = _import_stubs()
 
 TIMEOUT = 5.0  # per unary call, seconds
 METADATA = (("x-etcdlock-wire-smoke", "1"),)
-# etcd rejects streams with "no leader" instead of hanging when this is set (what clientv3's WithRequireLeader does).
+# etcd fails streams with "no leader" instead of hanging when this is set (clientv3's WithRequireLeader).
 STREAM_METADATA = (("hasleader", "true"),)
+# The same options the client's connection uses (a grpcio that rejects one of them must fail here).
 CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
 ]
 
@@ -85,11 +88,11 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-async def next_msg(it: AsyncIterator[Any], what: str, timeout: float = TIMEOUT) -> Any:
+async def next_msg(call: grpc.aio.StreamStreamCall[Any, Any], what: str, timeout: float = TIMEOUT) -> Any:
     """One message from a bidi call, read via `async for` (the style the client uses)."""
 
     async def first() -> Any:
-        async for msg in it:
+        async for msg in call:
             return msg
         raise SmokeError(f"stream ended while waiting for {what}")
 
@@ -125,7 +128,9 @@ async def smoke(args: argparse.Namespace) -> None:
         uu = channel.unary_unary
         ss = channel.stream_stream
         put = uu("/etcdserverpb.KV/Put", rpc_pb2.PutRequest.SerializeToString, rpc_pb2.PutResponse.FromString)
-        rng = uu("/etcdserverpb.KV/Range", rpc_pb2.RangeRequest.SerializeToString, rpc_pb2.RangeResponse.FromString)
+        rng = uu(
+            "/etcdserverpb.KV/Range", rpc_pb2.RangeRequest.SerializeToString, rpc_pb2.RangeResponse.FromString
+        )
         txn = uu("/etcdserverpb.KV/Txn", rpc_pb2.TxnRequest.SerializeToString, rpc_pb2.TxnResponse.FromString)
         delete = uu(
             "/etcdserverpb.KV/DeleteRange",
@@ -169,15 +174,19 @@ async def smoke(args: argparse.Namespace) -> None:
 
         step = "Range"
         r = await rng(rpc_pb2.RangeRequest(key=key_a), timeout=TIMEOUT, metadata=METADATA)
-        check(r.count == 1 and len(r.kvs) == 1, f"Range: expected 1 kv, got count={r.count} kvs={list(r.kvs)}")
+        check(
+            r.count == 1 and len(r.kvs) == 1, f"Range: expected 1 kv, got count={r.count} kvs={list(r.kvs)}"
+        )
         kv = r.kvs[0]
         check(kv.key == key_a and kv.value == b"v1", f"Range: wrong kv {kv!r}")
-        check(kv.create_revision == put_rev == kv.mod_revision and kv.version == 1, f"Range: revisions {kv!r}")
+        check(
+            kv.create_revision == put_rev == kv.mod_revision and kv.version == 1, f"Range: revisions {kv!r}"
+        )
 
         step = "Range deadline (timeout is attached to the call)"
-        call = rng(rpc_pb2.RangeRequest(key=key_a), timeout=TIMEOUT, metadata=METADATA)
-        remaining = call.time_remaining()
-        await call
+        pending = rng(rpc_pb2.RangeRequest(key=key_a), timeout=TIMEOUT, metadata=METADATA)
+        remaining = pending.time_remaining()
+        await pending
         check(remaining is not None and 0 < remaining <= TIMEOUT, f"time_remaining()={remaining}")
         try:  # an already-expired deadline must fail fast with DEADLINE_EXCEEDED, not hang or succeed
             await rng(rpc_pb2.RangeRequest(key=key_a), timeout=-1.0, metadata=METADATA)
@@ -220,14 +229,20 @@ async def smoke(args: argparse.Namespace) -> None:
         check(len(r.responses) == 1, f"Txn: expected 1 response, got {len(r.responses)}")
         check(r.responses[0].WhichOneof("response") == "response_range", f"Txn: {r.responses[0]!r}")
         got = r.responses[0].response_range.kvs
-        check(len(got) == 1 and got[0].create_revision == owner_rev, f"Txn: failure range returned {list(got)}")
+        check(
+            len(got) == 1 and got[0].create_revision == owner_rev, f"Txn: failure range returned {list(got)}"
+        )
 
         step = "DeleteRange"
         r = await delete(
-            rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end, prev_kv=True), timeout=TIMEOUT, metadata=METADATA
+            rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end, prev_kv=True),
+            timeout=TIMEOUT,
+            metadata=METADATA,
         )
         check(r.deleted == 2, f"DeleteRange: deleted={r.deleted}, expected 2")
-        check(sorted(kv.key for kv in r.prev_kvs) == [key_a, key_b], f"DeleteRange: prev_kvs {list(r.prev_kvs)}")
+        check(
+            sorted(kv.key for kv in r.prev_kvs) == [key_a, key_b], f"DeleteRange: prev_kvs {list(r.prev_kvs)}"
+        )
         r = await rng(rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True), timeout=TIMEOUT)
         check(r.count == 0, f"DeleteRange: {r.count} keys left under the prefix")
 
@@ -240,7 +255,7 @@ async def smoke(args: argparse.Namespace) -> None:
         call = keepalive(metadata=STREAM_METADATA)
         await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
         ka = await next_msg(call, "LeaseKeepAliveResponse")
-        check(ka.ID == lease_id and 0 < ka.TTL <= 30, f"LeaseKeepAlive: {ka!r}")
+        check(lease_id == ka.ID and 0 < ka.TTL <= 30, f"LeaseKeepAlive: {ka!r}")
         await call.done_writing()
         # etcd ends the stream once the client half-closes; the rest of `async for` must then drain to OK.
         try:
@@ -260,7 +275,9 @@ async def smoke(args: argparse.Namespace) -> None:
         step = "Watch (bidi: create)"
         call = watch(metadata=STREAM_METADATA)
         await call.write(
-            rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=prefix, range_end=end, prev_kv=True))
+            rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(key=prefix, range_end=end, prev_kv=True)
+            )
         )
         w = await next_msg(call, "the watch-created reply")
         check(w.created and not w.canceled and not w.events, f"Watch: expected created reply, got {w!r}")
@@ -287,7 +304,9 @@ async def smoke(args: argparse.Namespace) -> None:
         check(call.cancelled(), "Watch: call.cancelled() is False after cancel()")
 
         step = "cleanup"
-        await delete(rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end), timeout=TIMEOUT, metadata=METADATA)
+        await delete(
+            rpc_pb2.DeleteRangeRequest(key=prefix, range_end=end), timeout=TIMEOUT, metadata=METADATA
+        )
     finally:
         step_before_close = step
         step = "channel.close()"
@@ -312,12 +331,16 @@ def main() -> int:
         asyncio.run(asyncio.wait_for(smoke(args), args.deadline))
     except grpc.aio.AioRpcError as e:
         print(
-            f"wire smoke FAILED at {step}: gRPC {e.code().name}: {e.details()} (endpoint {args.endpoint}; {versions})",
+            f"wire smoke FAILED at {step}: gRPC {e.code().name}: {e.details()} "
+            f"(endpoint {args.endpoint}; {versions})",
             file=sys.stderr,
         )
         return 1
     except TimeoutError:
-        print(f"wire smoke FAILED at {step}: overall deadline of {args.deadline}s exceeded ({versions})", file=sys.stderr)
+        print(
+            f"wire smoke FAILED at {step}: overall deadline of {args.deadline}s exceeded ({versions})",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:
         print(f"wire smoke FAILED at {step}: {type(e).__name__}: {e} ({versions})", file=sys.stderr)

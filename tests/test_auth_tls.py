@@ -55,8 +55,9 @@ async def test_tls_with_client_certificate_serves_kv_watch_and_keepalive(
     assert c.resources().total() == 0
 
 
-async def test_tls_with_the_wrong_ca_fails_clearly(tls_etcd: EtcdCluster, tmp_path: Path,
-                                                    certs: CertificateSet) -> None:
+async def test_tls_with_the_wrong_ca_fails_clearly(
+    tls_etcd: EtcdCluster, tmp_path: Path, certs: CertificateSet
+) -> None:
     other_ca, _ = make_ca(tmp_path, "other")
     tls = TLSConfig(ca_file=other_ca, cert_file=certs.client_cert_file, key_file=certs.client_key_file)
     c = Client(tls_etcd.endpoints, tls=tls, timeout=1.5)
@@ -139,8 +140,11 @@ async def test_expired_token_is_refreshed(auth_etcd: EtcdCluster) -> None:
 
         async def token_expired() -> bool:
             async with grpc.aio.insecure_channel(auth_etcd.endpoints[0]) as ch:
-                rpc = ch.unary_unary(methods.RANGE.path, request_serializer=methods.RANGE.serializer(),
-                                     response_deserializer=methods.RANGE.deserializer())
+                rpc = ch.unary_unary(
+                    methods.RANGE.path,
+                    request_serializer=methods.RANGE.serializer(),
+                    response_deserializer=methods.RANGE.deserializer(),
+                )
                 try:
                     await rpc(pb.RangeRequest(key=b"auth/e"), metadata=[("token", token)], timeout=2)
                 except grpc.aio.AioRpcError as e:

@@ -1,6 +1,7 @@
 """etcdlock: distributed locks on etcd that never leak, never lie about who holds a lock, hand over fast."""
 
-from etcdlock.core.client import Client, Resources
+from etcdlock.client import Client
+from etcdlock.core.client import Resources
 from etcdlock.core.connection import TLSConfig
 from etcdlock.core.errors import (
     AuthError,
@@ -33,10 +34,14 @@ from etcdlock.core.types import (
     WatchEvent,
 )
 from etcdlock.core.watch import Watcher
+from etcdlock.recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
+from etcdlock.recipes.lock import Lock
+from etcdlock.recipes.session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyHeldError",
     "AuthError",
     "Client",
     "ClientClosedError",
@@ -55,12 +60,17 @@ __all__ = [
     "LeaseGrant",
     "LeaseNotFoundError",
     "LeaseTimeToLive",
+    "Lock",
+    "LockError",
+    "LockLost",
+    "LockTimeout",
     "Member",
     "Op",
     "PermissionDeniedError",
     "PutResult",
     "Resources",
     "ServerError",
+    "Session",
     "Status",
     "TLSConfig",
     "TxnResult",

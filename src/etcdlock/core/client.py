@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Unpack
+from typing import Any, Self, Unpack
 
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
@@ -107,12 +107,12 @@ class Client:
     def default_timeout(self) -> float:
         return self._conn.default_timeout
 
-    async def connect(self, timeout: float | None = None) -> Client:
+    async def connect(self, timeout: float | None = None) -> Self:
         """Check that an endpoint answers (and credentials work) so problems show up here, not later."""
         await self.status(timeout=timeout)
         return self
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         try:
             await self.connect()
         except BaseException:
@@ -257,6 +257,11 @@ class Client:
         return [
             Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner) for m in reply.members
         ]
+
+    def spawn_owned(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a background task owned by this client (for recipes): named, listed in resources(),
+        cancelled and awaited by close()."""
+        return self._tasks.spawn(coro, name)
 
     # ---- diagnostics ----
 

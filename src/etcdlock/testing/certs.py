@@ -33,25 +33,67 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_ca(directory: Path, name: str = "ca") -> tuple[str, str]:
     """A self-signed CA; returns (cert_file, key_file)."""
     directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=etcdlock test {name}",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=etcdlock test {name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        cwd=directory,
+    )
     return str(directory / f"{name}.pem"), str(directory / f"{name}.key")
 
 
 def _signed(directory: Path, name: str, ca: tuple[str, str], extensions: str) -> tuple[str, str]:
     ext = directory / f"{name}.ext"
     ext.write_text(extensions)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", cwd=directory)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-             "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem", cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        ca[0],
+        "-CAkey",
+        ca[1],
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        "-out",
+        f"{name}.pem",
+        cwd=directory,
+    )
     return str(directory / f"{name}.pem"), str(directory / f"{name}.key")
 
 
 def make_certificates(directory: str | Path) -> CertificateSet:
     d = Path(directory)
     ca = make_ca(d)
-    server = _signed(d, "server", ca, "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                     "extendedKeyUsage=serverAuth,clientAuth\n")
+    server = _signed(
+        d, "server", ca, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
     client = _signed(d, "client", ca, "extendedKeyUsage=clientAuth\n")
     return CertificateSet(ca[0], ca[1], server[0], server[1], client[0], client[1])

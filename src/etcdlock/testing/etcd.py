@@ -30,8 +30,8 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import dataclasses
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -85,6 +85,7 @@ class ServerTLS:
     key_file: str
     ca_file: str
     client_cert_auth: bool = True
+
 
 _ENV_ETCD = "ETCDLOCK_ETCD_BINARY"
 _ENV_ETCDCTL = "ETCDLOCK_ETCDCTL_BINARY"

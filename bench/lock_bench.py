@@ -1,0 +1,92 @@
+"""Lock-cycle benchmark in the same shape as the Go reference (../shared/anchors/go-mutex-bench).
+
+Each worker has its own long-lived session (one lease), like Go's harness; all workers share one Client
+(one channel, one keepalive stream, one watch stream): that sharing is the point of the design.
+
+    python bench/lock_bench.py --endpoint 127.0.0.1:2379 --mode mutex -c 16 -d 10 --label py-c16-onelock
+
+Prints one RESULT line with the same fields as the Go tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from etcdlock import Client
+from etcdlock.recipes.session import Session
+
+
+def pct(xs: list[float], p: float) -> float:
+    return xs[int((len(xs) - 1) * p)] * 1000 if xs else 0.0
+
+
+async def run(args: argparse.Namespace) -> str:
+    async with Client([args.endpoint], timeout=10) as client:
+        sessions = [await Session(client, 10).start() for _ in range(args.c)]
+        lat: list[float] = []
+        acq: list[float] = []
+        rel: list[float] = []
+        errors = 0
+        measuring = False
+        stop = False
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            name = f"/bench/lock{i}" if args.distinct else "/bench/lock"
+            cycles = 0
+            while not stop:
+                t0 = time.perf_counter()
+                try:
+                    lock = client.lock(name, session=sessions[i])
+                    await lock.acquire()
+                    t1 = time.perf_counter()
+                    await lock.release()
+                except Exception:
+                    errors += 1
+                    continue
+                t2 = time.perf_counter()
+                cycles += 1
+                if measuring and cycles > args.warm:
+                    lat.append(t2 - t0)
+                    acq.append(t1 - t0)
+                    rel.append(t2 - t1)
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(args.c)]
+        await asyncio.sleep(0.3)  # warm-up, not counted
+        measuring = True
+        t0 = time.perf_counter()
+        await asyncio.sleep(args.d)
+        measuring = False
+        elapsed = time.perf_counter() - t0
+        stop = True
+        await asyncio.gather(*tasks)
+        for s in sessions:
+            await s.close()
+        leftover = (await client.get("/bench/", prefix=True, count_only=True)).count
+    for xs in (lat, acq, rel):
+        xs.sort()
+    return (
+        f"RESULT label={args.label} mode=py-{args.mode} c={args.c} conns=1 distinct={str(args.distinct).lower()} "
+        f"cycles={len(lat)} secs={elapsed:.2f} ops_s={len(lat) / elapsed:.1f} p50_ms={pct(lat, .5):.3f} "
+        f"p90_ms={pct(lat, .9):.3f} p99_ms={pct(lat, .99):.3f} acq_p50_ms={pct(acq, .5):.3f} "
+        f"acq_p99_ms={pct(acq, .99):.3f} rel_p50_ms={pct(rel, .5):.3f} rel_p99_ms={pct(rel, .99):.3f} "
+        f"errors={errors} leftover_keys={leftover}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--endpoint", default="127.0.0.1:2379")
+    p.add_argument("--mode", default="mutex", choices=["mutex"])
+    p.add_argument("-c", type=int, default=1, help="workers")
+    p.add_argument("--distinct", action="store_true", help="each worker its own lock name")
+    p.add_argument("-d", type=float, default=10.0, help="seconds measured")
+    p.add_argument("--warm", type=int, default=5, help="cycles per worker not measured")
+    p.add_argument("--label", default="")
+    print(asyncio.run(run(p.parse_args())), flush=True)
+
+
+if __name__ == "__main__":
+    main()

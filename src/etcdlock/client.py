@@ -1,0 +1,41 @@
+"""The public asyncio client: the core client plus the lock recipes."""
+
+from __future__ import annotations
+
+from etcdlock.core.client import Client as CoreClient
+from etcdlock.recipes.lock import Lock
+from etcdlock.recipes.session import DEFAULT_TTL, Session
+
+
+class Client(CoreClient):
+    """Asyncio etcd client with locks. See `etcdlock.core.client.Client` for KV, lease and watch."""
+
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: Session | None = None,
+        cancel_on_loss: bool = False,
+    ) -> Lock:
+        """``async with client.lock("jobs/42", ttl=10, timeout=5) as held:`` — runs the body only while
+        holding the lock; raises LockTimeout after `timeout` seconds (None: wait forever).
+
+        By default the lock has a session (lease) of its own; pass `session=` to share one across locks.
+        """
+        return Lock(self, name, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss)
+
+    async def try_lock(
+        self, name: str, *, ttl: int = DEFAULT_TTL, session: Session | None = None
+    ) -> Lock | None:
+        """The lock if it is free right now, else None — without waiting and without leaving a key."""
+        lock = Lock(self, name, ttl=ttl, session=session)
+        return lock if await lock.try_acquire() else None
+
+    def session(self, ttl: int = DEFAULT_TTL) -> Session:
+        """``async with client.session(ttl) as s:`` — one lease that several locks can share."""
+        return Session(self, ttl)
+
+
+__all__ = ["Client"]

@@ -1,0 +1,183 @@
+"""`async with client.lock(name) as held:` — a mutex on its own session (or a shared one), as one object.
+
+The body never runs without the lock: acquire either returns holding it or raises (LockTimeout, LockLost,
+...) with nothing left behind. On the way out the lock is released whatever happened in the body.
+With cancel_on_loss=True the body's task is cancelled the moment the lock is lost, and the `async with`
+raises LockLost instead of CancelledError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+
+from etcdlock.core.client import Client
+from etcdlock.core.errors import ConfigError
+from etcdlock.core.tasks import shielded
+from etcdlock.core.txn import Compare, Op
+from etcdlock.core.types import TxnResult
+from etcdlock.recipes.errors import LockLost
+from etcdlock.recipes.mutex import Mutex, check_name
+from etcdlock.recipes.session import CLEANUP_TIMEOUT, DEFAULT_TTL, Session
+
+_LOSS_CANCEL_MSG = "etcdlock: lock lost"
+
+
+class Lock:
+    """A lock on NAME: acquire with `async with` (or `await lock.acquire()`), then use it as the held lock."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: Session | None = None,
+        cancel_on_loss: bool = False,
+    ) -> None:
+        self.name = check_name(name)
+        if session is not None and session.client is not client:
+            raise ConfigError("the session belongs to another client")
+        self._client = client
+        self._ttl = ttl
+        self._timeout = timeout
+        self._session = session
+        self._own_session = session is None
+        self._cancel_on_loss = cancel_on_loss
+        self._mutex: Mutex | None = None
+        self._body_task: asyncio.Task[object] | None = None
+        self._cancelled_for_loss = False
+
+    # ---- the held lock ----
+
+    @property
+    def mutex(self) -> Mutex:
+        if self._mutex is None or not self._mutex.held:
+            raise LockLost(f"lock {self.name!r} is not held")
+        return self._mutex
+
+    @property
+    def key(self) -> str:
+        return self.mutex.key.decode()
+
+    @property
+    def token(self) -> int:
+        """The fencing token: my key's create_revision, increasing with every grant of this name."""
+        return self.mutex.token
+
+    @property
+    def lease(self) -> int:
+        return self.mutex.lease
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self.mutex.lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._mutex.lost_reason if self._mutex else None
+
+    @property
+    def held(self) -> bool:
+        return self._mutex is not None and self._mutex.held
+
+    def is_owner(self) -> Compare:
+        return self.mutex.is_owner()
+
+    async def txn(
+        self,
+        compare: list[Compare],
+        success: list[Op],
+        failure: list[Op] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        return await self.mutex.txn(compare, success, failure, timeout=timeout)
+
+    def add_lost_callback(self, fn: Callable[[str], None]) -> None:
+        self.mutex.add_lost_callback(fn)
+
+    # ---- acquire / release ----
+
+    async def acquire(self) -> Lock:
+        await self._take(lambda m: m.acquire(self._timeout))
+        return self
+
+    async def try_acquire(self) -> bool:
+        ok = False
+
+        async def attempt(m: Mutex) -> None:
+            nonlocal ok
+            ok = await m.try_acquire()
+
+        await self._take(attempt)
+        if not ok:
+            await self._drop()
+        return ok
+
+    async def _take(self, how: Callable[[Mutex], object]) -> None:
+        if self._mutex is not None:
+            raise ConfigError(f"lock {self.name!r}: this Lock object was already used; make a new one")
+        if self._own_session:
+            self._session = Session(self._client, self._ttl)
+            try:
+                await self._session.start()
+            except BaseException:
+                await shielded(self._session.close(), CLEANUP_TIMEOUT)
+                raise
+        assert self._session is not None
+        try:
+            self._mutex = Mutex(self._session, self.name)
+            await how(self._mutex)  # type: ignore[misc]
+        except BaseException:
+            await self._drop()
+            raise
+
+    async def _drop(self) -> None:
+        """Give everything back: the key (via the mutex) and, if it is ours, the session's lease."""
+        if self._own_session and self._session is not None:
+            # Revoking our own lease deletes the key too, in the same single round trip.
+            if self._mutex is not None:
+                await self._mutex.release(delete_key=False)
+            await self._session.close()
+        elif self._mutex is not None:
+            await self._mutex.release()
+
+    async def release(self) -> None:
+        """Release the lock (idempotent). Shielded from cancellation, with its own deadline."""
+        if self._mutex is None or (not self._mutex.held and (self._session is None or self._session.closed)):
+            return
+        await self._drop()
+
+    async def __aenter__(self) -> Lock:
+        await self.acquire()
+        if self._cancel_on_loss:
+            task = asyncio.current_task()
+            assert task is not None
+            self._body_task = task
+            self.mutex.add_lost_callback(self._cancel_body)
+        return self
+
+    def _cancel_body(self, reason: str) -> None:
+        if self._body_task is not None and not self._body_task.done():
+            self._cancelled_for_loss = True
+            self._body_task.cancel(_LOSS_CANCEL_MSG)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._body_task = None
+        lost_reason = self.lost_reason
+        await self.release()
+        if self._cancelled_for_loss and isinstance(ev, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.uncancel() == 0:
+                raise LockLost(f"lock {self.name!r} lost while the body ran: {lost_reason}") from ev
+
+    def __repr__(self) -> str:
+        return f"<Lock {self.name!r} {self._mutex!r}>"
+
+
+__all__ = ["Lock"]

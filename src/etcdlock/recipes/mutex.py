@@ -1,0 +1,364 @@
+"""The mutex: Go's concurrency.Mutex protocol, so Go services and `etcdctl lock` exclude us on one name.
+
+Protocol (the wire contract we share with Go):
+  * A session is one lease. My key is NAME + "/" + lowercase hex of the lease id, empty value, on the lease.
+  * Acquire is one Txn: if my key's create_revision is 0, put it (and read the queue); else get my key.
+    My revision is the put's header revision, or the existing key's create_revision. The lock is mine when
+    no lock key under NAME/ has a lower create_revision.
+  * Otherwise I wait until every key below mine is deleted, and the lock is mine: FIFO by create_revision.
+
+Where we do better than Go, staying wire-compatible (the keys we write are exactly Go's):
+  * The acquire Txn reads the queue from the top (create_revision descending), so it returns the keys just
+    below mine: when I have to wait, I already know what for.
+  * Waiting is event driven: one deletion watcher per lock name and client (see queue.py), started "from
+    now" so etcd serves it live. Go watches from a past revision, which etcd answers on its 100 ms sync
+    tick. Exactly one waiter is woken per release: the one whose last key below is gone.
+  * My own key is on the same watcher: if it disappears while I wait, the acquire fails at once; while I
+    hold the lock, `lost` fires. Both come in revision order with the queue's deletions, so "every key
+    below mine is gone and mine is not" needs no extra read.
+  * Release deletes my key only if its create_revision is still mine, so a stale release never removes
+    a newer holder's key.
+  * If the watcher's resume revision is compacted, everyone reads the queue again and goes on.
+  * Only direct children NAME/<hex> count as lock keys, so lock "a" is not held up by lock "a/b".
+  * Cleanup after a timeout, error or cancellation is shielded from the caller's cancellation and has its
+    own deadline. Invariant: acquire returns with my key the lowest under NAME/, or raises with my key gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from etcdlock.core.client import Client
+from etcdlock.core.errors import ConfigError, EtcdError
+from etcdlock.core.tasks import shielded
+from etcdlock.core.txn import Compare, Op
+from etcdlock.core.types import GetResult, KeyValue, TxnResult
+from etcdlock.recipes.errors import AlreadyHeldError, LockLost, LockTimeout
+from etcdlock.recipes.queue import Interest, NameWatch, registry_for
+from etcdlock.recipes.session import CLEANUP_TIMEOUT, Session
+
+log = logging.getLogger("etcdlock.mutex")
+T = TypeVar("T")
+
+_LOCK_KEY_SUFFIX = re.compile(rb"[0-9a-f]+")
+# Keys read per page when looking for the predecessor; more than one page only when other names nest under
+# this one (lock "a" vs lock "a/b/...").
+_PAGE = 16
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"lock name must be a str, not {type(name).__name__}")
+    if not name or not name.strip():
+        raise ConfigError("lock name must not be empty")
+    if name.endswith("/"):
+        raise ConfigError(f"lock name {name!r} must not end with '/': the lock's keys are NAME/<lease hex>")
+    if "\x00" in name:
+        raise ConfigError(f"lock name {name!r} must not contain NUL")
+    return name
+
+
+class Mutex:
+    """One lock name on one session. After `acquire()`, this object is the held lock."""
+
+    def __init__(self, session: Session, name: str) -> None:
+        self.name = check_name(name)
+        self.session = session
+        self.prefix = (self.name + "/").encode()
+        self.key = self.prefix + format(session.lease_id, "x").encode()
+        self.token = 0  # my key's create_revision once known: the fencing token
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.acquired_at_revision = 0
+        self.wakeups = 0  # times this waiter was woken: once per release that made it first
+        self._held = False
+        self._queue: NameWatch | None = None
+        self._interest: Interest | None = None
+        self._lost_callbacks: list[Callable[[str], None]] = []
+
+    @property
+    def client(self) -> Client:
+        return self.session.client
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def lease(self) -> int:
+        return self.session.lease_id
+
+    def is_owner(self) -> Compare:
+        """A compare that holds only while this lock is mine; put it in your own Txn."""
+        if not self.token:
+            raise LockLost(f"lock {self.name!r} is not held")
+        return Compare.create_revision(self.key, "==", self.token)
+
+    async def txn(
+        self,
+        compare: list[Compare],
+        success: list[Op],
+        failure: list[Op] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """A Txn that applies `success` only while I still own the lock (and `compare` holds)."""
+        return await self.client.txn([self.is_owner(), *compare], success, failure, timeout=timeout)
+
+    def add_lost_callback(self, fn: Callable[[str], None]) -> None:
+        """fn(reason) runs once when the lock is lost (at once if it already is)."""
+        if self.lost_reason is not None:
+            fn(self.lost_reason)
+        else:
+            self._lost_callbacks.append(fn)
+
+    # ---- acquire ----
+
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Wait until the lock is mine. LockTimeout after `timeout` seconds (None: wait forever)."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise ConfigError(f"lock timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        self._claim_name()
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await self._acquire()
+        except BaseException as e:
+            await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
+            if deadline.expired() and isinstance(e, TimeoutError):
+                raise LockTimeout(
+                    f"lock {self.name!r} not acquired within {timeout:g}s; nothing was left behind"
+                ) from None
+            raise
+        self._held = True
+
+    async def try_acquire(self) -> bool:
+        """Take the lock only if it is free right now; never waits and leaves no key behind if not."""
+        self._claim_name()
+        try:
+            my_rev, _, below, complete = await self._create_key()
+            if not complete and not below:
+                _, below, complete = await self._lower_keys(my_rev)
+            free = not below and complete
+        except BaseException:
+            await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
+            raise
+        if not free:
+            await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
+            return False
+        self._held = True
+        return True
+
+    def _claim_name(self) -> None:
+        if self.session.closed or self.session.lost.is_set():
+            raise LockLost(f"session lease {self.lease:x} is gone ({self.session.lost_reason or 'closed'})")
+        if self.name in self.session.names:
+            raise AlreadyHeldError(
+                f"lock {self.name!r} is already held or being acquired on this session (lease "
+                f"{self.lease:x}); etcd locks are not reentrant"
+            )
+        self.session.names.add(self.name)
+        # Watch the queue (and my key) before my key exists, so no deletion can slip by.
+        self._queue = registry_for(self.client).get(self.name, self.prefix)
+        self._interest = Interest(self.key, self._own_key_deleted)
+        self._queue.join(self._interest)
+        self.session.keeper.add_lost_callback(self._on_session_lost)
+
+    async def _acquire(self) -> None:
+        queue, interest = self._queue, self._interest
+        assert queue is not None and interest is not None
+        my_rev, read_rev, below, complete = await self._create_key()
+        if complete and not below:
+            return
+        watched_from = await self._until_lost(queue.created_revision())
+        must_read = read_rev < watched_from
+        while True:
+            if must_read or interest.stale:
+                # What we know predates the watcher (or the watcher restarted): read the queue again.
+                interest.stale = must_read = False
+                read_rev, below, complete = await self._lower_keys(my_rev)
+                if complete and not below:
+                    return
+            if not queue.wait_for(interest, (kv.key for kv in below), read_rev):
+                must_read = True
+                continue
+            await self._until_lost(interest.turn.wait())
+            if interest.stale:
+                continue
+            self.wakeups += 1
+            if complete:
+                return  # every key below mine is gone, and (same watcher, in order) mine is not
+            must_read = True  # more keys were below mine than one read returns: read the next ones
+
+    async def _create_key(self) -> tuple[int, int, list[KeyValue], bool]:
+        """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
+        queue_top = Op.get(
+            self.prefix,
+            prefix=True,
+            sort_order="descend",
+            sort_target="create",
+            limit=_PAGE + 1,
+            keys_only=True,
+        )
+        r = await self.client.txn(
+            [Compare.create_revision(self.key, "==", 0)],
+            [Op.put(self.key, b"", lease=self.lease), queue_top],
+            [Op.get(self.key, keys_only=True)],
+        )
+        if r.succeeded:
+            my_rev = r.header.revision
+            top = r.responses[1]
+            assert isinstance(top, GetResult)
+            # My key was just created: it is the top of the queue; the rest of the page is below it.
+            below = [kv for kv in top.kvs if kv.create_revision < my_rev and self._is_lock_key(kv.key)]
+            complete = not top.more
+        else:
+            # My key exists already: an earlier attempt of this very acquire went through (a retried
+            # Txn). Where it stands in the queue needs a proper read.
+            existing = r.responses[0]
+            assert isinstance(existing, GetResult)
+            my_rev = existing.kvs[0].create_revision
+            below, complete = [], False
+        self.token = my_rev
+        assert self._queue is not None
+        deleted = self._queue.own_key_deleted_after(self.key, my_rev)
+        if deleted is not None:
+            self._own_key_deleted(deleted)
+        if self.lost.is_set():
+            raise LockLost(self._lost_message())
+        return my_rev, r.header.revision, below, complete
+
+    async def _lower_keys(self, my_rev: int) -> tuple[int, list[KeyValue], bool]:
+        """Read the lock keys just below mine, together with my own key (which must still be there)."""
+        if self.lost.is_set():
+            raise LockLost(self._lost_message())
+        r = await self.client.txn([], [self._below(my_rev), Op.get(self.key, keys_only=True)])
+        page, mine = r.responses
+        assert isinstance(page, GetResult) and isinstance(mine, GetResult)
+        if not mine.kvs or mine.kvs[0].create_revision != my_rev:
+            self._mark_lost(f"lock key {self.key.decode()} vanished while waiting (lease expired or deleted)")
+            raise LockLost(self._lost_message())
+        below = [kv for kv in page.kvs if self._is_lock_key(kv.key)]
+        more = page.more
+        while more and not below:
+            # The page held only keys of names nested under ours (a/b/... under a/): page on down.
+            lowest = min(kv.create_revision for kv in page.kvs)
+            page = await self.client.get(
+                self.prefix,
+                prefix=True,
+                max_create_revision=lowest - 1,
+                sort_order="descend",
+                sort_target="create",
+                limit=_PAGE,
+                keys_only=True,
+                revision=r.header.revision,
+            )
+            below = [kv for kv in page.kvs if self._is_lock_key(kv.key)]
+            more = page.more
+        return r.header.revision, below, not more
+
+    def _below(self, rev: int) -> Op:
+        return Op.get(
+            self.prefix,
+            prefix=True,
+            max_create_revision=rev - 1,
+            sort_order="descend",
+            sort_target="create",
+            limit=_PAGE,
+            keys_only=True,
+        )
+
+    def _is_lock_key(self, key: bytes) -> bool:
+        return _LOCK_KEY_SUFFIX.fullmatch(key[len(self.prefix) :]) is not None
+
+    async def _until_lost(self, aw: Coroutine[Any, Any, T]) -> T:
+        """Await aw, but raise LockLost as soon as my lock is lost."""
+        if self.lost.is_set():
+            aw.close()
+            raise LockLost(self._lost_message())
+        work = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (work, lost):
+                t.cancel()
+            await asyncio.gather(work, lost, return_exceptions=True)
+        if self.lost.is_set():
+            raise LockLost(self._lost_message())
+        return work.result()
+
+    # ---- loss ----
+
+    def _own_key_deleted(self, revision: int) -> None:
+        # Deletions of an earlier incarnation of the same key (a previous lock on this session) predate it.
+        if self.token and revision > self.token:
+            self._mark_lost(f"lock key {self.key.decode()} was deleted at revision {revision}")
+
+    def _on_session_lost(self, reason: str) -> None:
+        self._mark_lost(f"session lease {self.lease:x} lost: {reason}")
+
+    def _mark_lost(self, reason: str) -> None:
+        if self.lost_reason is not None:
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        callbacks, self._lost_callbacks = self._lost_callbacks, []
+        for fn in callbacks:
+            try:
+                fn(reason)
+            except Exception:
+                log.exception("lost-callback of lock %r failed", self.name)
+
+    def _lost_message(self) -> str:
+        return f"lock {self.name!r} lost: {self.lost_reason}"
+
+    # ---- release ----
+
+    async def release(self, *, delete_key: bool = True) -> None:
+        """Give the lock up: delete my key if it is still mine. Idempotent; shielded, own deadline.
+
+        delete_key=False leaves deletion to the caller (who is about to revoke the lease anyway)."""
+        self._held = False
+        await shielded(self._cleanup(delete_key), CLEANUP_TIMEOUT)
+
+    async def _cleanup(self, delete_key: bool) -> None:
+        self._leave_queue()
+        try:
+            if delete_key:
+                # Only my key, only if it is still the one I created (or, if I never learnt its revision,
+                # only if it is on my lease): never a newer holder's.
+                guard = (
+                    Compare.create_revision(self.key, "==", self.token)
+                    if self.token
+                    else Compare.lease(self.key, "==", self.lease)
+                )
+                await self.client.txn([guard], [Op.delete(self.key)], timeout=CLEANUP_TIMEOUT)
+        except EtcdError as e:
+            log.warning(
+                "could not delete lock key %s (%s); it goes when lease %x expires",
+                self.key.decode(),
+                e,
+                self.lease,
+            )
+        finally:
+            self.session.names.discard(self.name)
+
+    def _leave_queue(self) -> None:
+        self.session.keeper.remove_lost_callback(self._on_session_lost)
+        queue, interest, self._queue, self._interest = self._queue, self._interest, None, None
+        if queue is not None and interest is not None:
+            queue.leave(interest)
+
+    def __repr__(self) -> str:
+        state = "held" if self._held else "lost" if self.lost_reason else "not held"
+        return f"<Mutex {self.name!r} key={self.key.decode()} token={self.token} {state}>"
+
+
+__all__ = ["Mutex", "check_name"]
