@@ -37,6 +37,7 @@ from etcdlock.core.watch import Watcher
 from etcdlock.recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
 from etcdlock.recipes.lock import Lock
 from etcdlock.recipes.session import Session
+from etcdlock.sync import SyncClient, SyncLock, SyncWatch
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,9 @@ __all__ = [
     "ServerError",
     "Session",
     "Status",
+    "SyncClient",
+    "SyncLock",
+    "SyncWatch",
     "TLSConfig",
     "TxnResult",
     "WatchError",

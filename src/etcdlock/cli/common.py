@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Iterator
 
 from etcdlock.testing import EtcdCluster
@@ -17,6 +18,13 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--user", default=None, help="etcd user name (asks for auth; needs --password)")
     p.add_argument("--password", default=None, help="etcd password")
+
+
+def given_endpoints(args: argparse.Namespace) -> list[str]:
+    """--endpoints, else $ETCDLOCK_ENDPOINTS, else $ETCDCTL_ENDPOINTS (as etcdctl), else localhost."""
+    text = args.endpoints or os.environ.get("ETCDLOCK_ENDPOINTS") or os.environ.get("ETCDCTL_ENDPOINTS")
+    text = text or "127.0.0.1:2379"
+    return [e.strip() for e in text.split(",") if e.strip()]
 
 
 @contextlib.contextmanager
