@@ -41,7 +41,8 @@ class Result(TypedDict):
     overlaps: int
     stale: int
     conflicts: int
-    seconds: float
+    started: float  # wall clock (time.time()) of the first acquire and after the last release
+    finished: float
     records: list[Record]
 
 
@@ -51,12 +52,19 @@ def parse_resource(value: bytes) -> tuple[int, int]:
 
 
 async def run(
-    endpoints: list[str], name: str, count: int, worker: str, occ: str, resource: str, ttl: int, timeout: float
+    endpoints: list[str],
+    name: str,
+    count: int,
+    worker: str,
+    occ: str,
+    resource: str,
+    ttl: int,
+    timeout: float,
 ) -> Result:
     overlaps = stale = conflicts = 0
     records: list[Record] = []
-    started = time.monotonic()
     async with Client(endpoints) as client:
+        started = time.time()
         for _ in range(count):
             async with client.lock(name, ttl=ttl, timeout=timeout) as held:
                 token = held.token
@@ -82,18 +90,26 @@ async def run(
                     else:
                         conflicts += 1
                 records.append(
-                    {"counter": written, "token": token, "worker": worker, "lease": held.lease, "key": held.key}
+                    {
+                        "counter": written,
+                        "token": token,
+                        "worker": worker,
+                        "lease": held.lease,
+                        "key": held.key,
+                    }
                 )
                 # 3. Leave (only our own mark).
                 if entered.succeeded:
                     await client.txn([Compare.value(occ, "==", worker)], [Op.delete(occ)])
+        finished = time.time()
     return {
         "worker": worker,
         "pid": os.getpid(),
         "overlaps": overlaps,
         "stale": stale,
         "conflicts": conflicts,
-        "seconds": time.monotonic() - started,
+        "started": started,
+        "finished": finished,
         "records": records,
     }
 

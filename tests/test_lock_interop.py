@@ -186,6 +186,7 @@ async def test_we_wait_for_etcdctl_and_take_over_when_it_exits(
 
             after_exit = acquired_at - ctl.exited_at
             after_signal = acquired_at - signalled_at
+            print(f"\netcdctl -> etcdlock handover: {after_exit * 1000:.1f} ms after etcdctl exited")
             assert after_exit < OUR_HANDOVER_BUDGET, f"acquired {after_exit:.3f}s after etcdctl exited"
             assert after_signal < OUR_HANDOVER_BUDGET + 0.5, f"acquired {after_signal:.3f}s after the signal"
             assert lock.held
@@ -221,6 +222,7 @@ async def test_etcdctl_waits_for_us_and_takes_over_when_we_release(
             printed = await ctl.read_key(ETCDCTL_HANDOVER_BUDGET)
             took = time.monotonic() - released_at
             assert printed == theirs.key.decode()
+            print(f"\netcdlock -> etcdctl handover: {took * 1000:.1f} ms after our release")
             assert took < ETCDCTL_HANDOVER_BUDGET, f"etcdctl got the lock {took:.3f}s after our release"
             assert [kv.key for kv in await queue_of(client, name)] == [theirs.key]
 

@@ -85,19 +85,31 @@ class SyncClient:
         if self._closed and not self._loop.is_running():
             coro.close()
             raise ClientClosedError("the etcdlock SyncClient is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        finished = threading.Event()
+
+        async def run() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()  # only after the coroutine's own (shielded) cleanup has run
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:
             return future.result()
         except BaseException:
             if not future.done():
-                # Interrupted while waiting: cancel on the loop and let its shielded cleanup finish.
+                # Interrupted while waiting: cancel on the loop, and wait for its cleanup to finish
+                # (a cancelled concurrent future reports "done" at once, long before that).
                 future.cancel()
-                with contextlib.suppress(BaseException):
-                    future.result(timeout=_CANCEL_GRACE)
+                finished.wait(_CANCEL_GRACE)
             raise
 
     def _stop_loop(self) -> None:
         if self._loop.is_running():
+            # As asyncio.run does: whatever is still pending on our loop (grpc keeps small internal tasks
+            # per call) is cancelled and awaited, so nothing is destroyed while pending.
+            with contextlib.suppress(BaseException):
+                asyncio.run_coroutine_threadsafe(_drain(), self._loop).result(timeout=_CANCEL_GRACE)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=_CANCEL_GRACE)
         if not self._loop.is_closed() and not self._thread.is_alive():
@@ -239,6 +251,14 @@ class SyncClient:
         held = SyncLock(self, lock, on_lost)
         held._watch_loss()
         return held
+
+
+async def _drain() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class SyncLock:

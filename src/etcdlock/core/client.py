@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -81,6 +82,7 @@ class Client:
         self._watches: Watches | None = None
         self._watch_buffer = watch_buffer
         self._closed = False
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # The keepalive manager and the watch hub hold asyncio primitives, so they are made inside the loop.
     @property
@@ -133,7 +135,17 @@ class Client:
         self._closed = True
         await asyncio.shield(self._close())
 
+    def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `await hook()` first thing in close() (for recipes that own state tied to this client)."""
+        self._close_hooks.append(hook)
+
     async def _close(self) -> None:
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                logging.getLogger("etcdlock.client").exception("close hook failed")
         if self._leases is not None:
             await self._leases.keepalive.close()
         if self._watches is not None:

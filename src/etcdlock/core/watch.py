@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -86,6 +86,9 @@ class Watcher:
         self.created_revision = 0
         self.state = _NEW
         self._stream: _WatchStream | None = None
+        # Set by an owner that consumes events synchronously on the stream's reader (no buffer, no task hop);
+        # it must be quick and must not raise. Errors still surface through next_event()/wait_created().
+        self.on_events: Callable[[list[WatchEvent]], None] | None = None
         self._buffer: deque[WatchEvent] = deque()
         self._signal = asyncio.Event()
         self._error: BaseException | None = None
@@ -176,6 +179,10 @@ class Watcher:
 
     def _deliver(self, events: list[WatchEvent]) -> bool:
         """Buffer events; False when the buffer would overflow (the watcher is then failed)."""
+        if self.on_events is not None:
+            self.next_revision = events[-1].revision + 1
+            self.on_events(events)
+            return True
         if len(self._buffer) + len(events) > self.max_buffer:
             self._fail(
                 WatchOverflowError(

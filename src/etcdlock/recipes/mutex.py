@@ -188,7 +188,9 @@ class Mutex:
             if not queue.wait_for(interest, (kv.key for kv in below), read_rev):
                 must_read = True
                 continue
-            await self._until_lost(interest.turn.wait())
+            await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
+            if self.lost.is_set():
+                raise LockLost(self._lost_message())
             if interest.stale:
                 continue
             self.wakeups += 1
@@ -309,6 +311,8 @@ class Mutex:
             return
         self.lost_reason = reason
         self.lost.set()
+        if self._interest is not None:
+            self._interest.turn.set()  # a waiter wakes up to learn it lost
         callbacks, self._lost_callbacks = self._lost_callbacks, []
         for fn in callbacks:
             try:

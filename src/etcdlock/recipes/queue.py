@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterable
 
 from etcdlock.core.client import Client
 from etcdlock.core.errors import EtcdError
+from etcdlock.core.types import WatchEvent
 from etcdlock.core.watch import Watcher
 
 log = logging.getLogger("etcdlock.queue")
 
 _RECENT = 4096  # deletions remembered for late registrations
+LINGER = 1.0  # seconds a name's watcher outlives its last lock
 
 
 class Interest:
@@ -57,12 +59,20 @@ class NameWatch:
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
         self.events = 0
         self.watcher = self._new_watcher()
-        self._task = client.spawn_owned(self._dispatch_loop(), f"lock-queue:{name}")
+        self._task = client.spawn_owned(self._supervise(), f"lock-queue:{name}")
+        self.expiry: asyncio.TimerHandle | None = None
 
     def _new_watcher(self) -> Watcher:
         w = self.client.watch(self.prefix, prefix=True, no_put=True)
+        # Deletions are handled right on the stream's reader: a release wakes the next holder with no
+        # extra task switch in between.
+        w.on_events = self._on_events
         w.start()
         return w
+
+    def _on_events(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            self._dispatch(event.kv.key, event.revision)
 
     async def created_revision(self) -> int:
         """The revision from which this watcher sees every deletion (waits for etcd's create reply)."""
@@ -125,12 +135,14 @@ class NameWatch:
                     del self._by_key[k]
         interest.waiting_on = set()
 
-    # ---- the one reader of this name's deletions ----
+    # ---- watcher supervision ----
 
-    async def _dispatch_loop(self) -> None:
+    async def _supervise(self) -> None:
+        """Events arrive through _on_events; this only wakes up when the watcher ends."""
         while True:
             try:
-                event = await self.watcher.next_event()
+                await self.watcher.next_event()
+                continue  # not reached: with on_events set nothing is buffered
             except StopAsyncIteration:
                 return  # closed
             except EtcdError as e:
@@ -143,8 +155,6 @@ class NameWatch:
                     interest.stale = True
                     self._unwait(interest)
                     interest.turn.set()
-                continue
-            self._dispatch(event.kv.key, event.revision)
 
     def _dispatch(self, key: bytes, revision: int) -> None:
         self.events += 1
@@ -167,25 +177,49 @@ class NameWatch:
 
 
 class QueueRegistry:
-    """The NameWatches of one client, keyed by lock name (a stable identity: one per name, never per call)."""
+    """The NameWatches of one client, keyed by lock name (a stable identity: one per name, never per call).
 
-    def __init__(self, client: Client) -> None:
+    A name's watcher lingers for `linger` seconds after its last lock leaves, so a name locked again and
+    again (the usual pattern) keeps one watcher instead of creating and cancelling one per acquisition.
+    """
+
+    def __init__(self, client: Client, linger: float = LINGER) -> None:
         self.client = client
+        self.linger = linger
         self.names: dict[str, NameWatch] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        client.add_close_hook(self.close)
 
     def get(self, name: str, prefix: bytes) -> NameWatch:
         nw = self.names.get(name)
         if nw is None:
-            nw = self.names[name] = NameWatch(self.client, name, prefix, self._release)
+            nw = self.names[name] = NameWatch(self.client, name, prefix, self._idle)
+        elif nw.expiry is not None:
+            nw.expiry.cancel()
+            nw.expiry = None
         return nw
 
-    def _release(self, nw: NameWatch) -> None:
-        if self.names.get(nw.name) is nw:
-            del self.names[nw.name]
-        task = self.client.spawn_owned(nw.close(), f"lock-queue-close:{nw.name}")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _idle(self, nw: NameWatch) -> None:
+        if self.names.get(nw.name) is not nw:
+            return
+        if nw.expiry is not None:
+            nw.expiry.cancel()
+        nw.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, nw)
+
+    def _expire(self, nw: NameWatch) -> None:
+        nw.expiry = None
+        if nw.interests or self.names.get(nw.name) is not nw or self.client.closed:
+            return
+        del self.names[nw.name]
+        self.client.spawn_owned(nw.close(), f"lock-queue-close:{nw.name}")
+
+    async def close(self) -> None:
+        """Client closing: cancel every linger timer and close every watcher now."""
+        watches, self.names = list(self.names.values()), {}
+        for nw in watches:
+            if nw.expiry is not None:
+                nw.expiry.cancel()
+                nw.expiry = None
+            await nw.close()
 
 
 _registries: weakref.WeakKeyDictionary[Client, QueueRegistry] = weakref.WeakKeyDictionary()

@@ -1,0 +1,867 @@
+"""Acceptance tests of the lock recipe (`client.lock`, `client.try_lock`, `client.session`) on real etcd.
+
+Every test keeps its keys under its own `ns` and ends with `assert_clean`: no key, no lease, no keepalive,
+no lock task and no asyncio task survives what the test did. Nothing here sleeps to synchronize: tests wait
+on conditions with deadlines (`wait_until`), or count event-loop iterations where the point *is* to land a
+cancellation at a particular await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from etcdlock import (
+    AlreadyHeldError,
+    Client,
+    ConfigError,
+    Lock,
+    LockError,
+    LockLost,
+    LockTimeout,
+    Op,
+)
+from etcdlock.recipes.mutex import Mutex
+from etcdlock.recipes.queue import NameWatch, registry_for
+from etcdlock.testing import EtcdCluster
+from tests.waiting import wait_until
+
+CLEAN_DEADLINE = 3.0  # seconds for asynchronous cleanup (queue watcher, watch stream, keepalive) to finish
+LEASES_GRANTED = "etcd_debugging_lease_granted_total"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What existed before the code under test ran: leases on the server, asyncio tasks in the loop."""
+
+    leases: frozenset[int]
+    tasks: frozenset[asyncio.Task[Any]]
+
+
+async def baseline(client: Client) -> Baseline:
+    return Baseline(frozenset(await client.leases()), frozenset(asyncio.all_tasks()))
+
+
+async def keys_under(client: Client, prefix: str) -> dict[str, int]:
+    """{key: create_revision} of every key under prefix."""
+    r = await client.get(prefix, prefix=True)
+    return {kv.key.decode(): kv.create_revision for kv in r.kvs}
+
+
+async def create_revision(client: Client, key: str) -> int:
+    r = await client.get(key)
+    assert len(r.kvs) == 1, f"key {key!r} does not exist"
+    return r.kvs[0].create_revision
+
+
+def lingering_watches(client: Client) -> dict[str, NameWatch]:
+    """Shared queue watchers that no lock uses any more (kept for a short while for reuse, then closed)."""
+    return {name: nw for name, nw in registry_for(client).names.items() if not nw.interests}
+
+
+def is_grpc_internal(task: asyncio.Task[Any]) -> bool:
+    return "cython" in type(task.get_coro()).__module__
+
+
+async def leftovers(
+    client: Client,
+    ns: str,
+    base: Baseline,
+    *,
+    keys: frozenset[str] = frozenset(),
+    leases: frozenset[int] = frozenset(),
+    allow_lingering: bool = True,
+    keepalive: int = 0,
+) -> list[str]:
+    """Everything the code under test left behind (beyond the allowed keys and leases); [] if clean.
+
+    allow_lingering: an idle shared queue watcher (no lock of its name left on this client) may still be
+    there with its tasks; with False it must be closed too."""
+    problems: list[str] = []
+    got_keys = set(await keys_under(client, ns))
+    if got_keys != set(keys):
+        problems.append(f"keys under {ns}: {sorted(got_keys)} (expected {sorted(keys)})")
+    extra_leases = set(await client.leases()) - base.leases - set(leases)
+    if extra_leases:
+        problems.append(f"leases left on the server: {sorted(f'{x:x}' for x in extra_leases)}")
+    res = client.resources()
+    if res.keepalive_leases != keepalive:
+        problems.append(f"client keeps {res.keepalive_leases} lease(s) alive, expected {keepalive}")
+    registered = registry_for(client).names
+    idle = lingering_watches(client) if allow_lingering else {}
+    busy = sorted(n for n in registered if n not in idle)
+    if busy:
+        problems.append(f"queue watchers still registered for {busy}")
+    for name, nw in idle.items():
+        if nw._by_key or nw._own:
+            problems.append(f"idle queue watcher {name!r} still tracks keys {nw._by_key} / {list(nw._own)}")
+    allowed_tasks = {f"etcdlock:client:lock-queue:{n}" for n in idle}
+    if idle:
+        allowed_tasks |= {"etcdlock:client:watch-stream", "etcdlock:client:watch-reader"}
+    if res.watchers > len(idle):
+        problems.append(f"{res.watchers} watchers open, {len(idle)} idle queue watcher(s) allowed")
+    lock_tasks = [t for t in res.tasks if ("lock-guard" in t or "lock-queue" in t) and t not in allowed_tasks]
+    if lock_tasks:
+        problems.append(f"lock tasks still running: {lock_tasks}")
+    me = asyncio.current_task()
+    tasks = [
+        t
+        for t in asyncio.all_tasks()
+        if t is not me
+        and t not in base.tasks
+        and not t.done()
+        and t.get_name() not in allowed_tasks
+        # gRPC's own helper task of an open stream, while an allowed stream is open
+        and not ((idle or keepalive) and is_grpc_internal(t))
+    ]
+    if tasks:
+        problems.append(f"asyncio tasks left: {sorted(f'{t.get_name()} {t.get_coro()!r}' for t in tasks)}")
+    return problems
+
+
+async def assert_clean(
+    client: Client,
+    ns: str,
+    base: Baseline,
+    *,
+    keys: frozenset[str] = frozenset(),
+    leases: frozenset[int] = frozenset(),
+    allow_lingering: bool = True,
+    keepalive: int = 0,
+    timeout: float = CLEAN_DEADLINE,
+) -> None:
+    """Wait (bounded) until nothing but `keys`/`leases` is left of what the test did; fail with a list."""
+    last: list[str] = []
+
+    async def clean() -> bool:
+        nonlocal last
+        last = await leftovers(
+            client, ns, base, keys=keys, leases=leases, allow_lingering=allow_lingering, keepalive=keepalive
+        )
+        return not last
+
+    try:
+        await wait_until(clean, timeout, "no leftovers")
+    except AssertionError:
+        raise AssertionError(f"left behind after {timeout}s: {last}") from None
+
+
+@contextlib.asynccontextmanager
+async def second_client(endpoints: list[str]) -> AsyncIterator[Client]:
+    """Another client ("another process"): revokes, deletes, or holds the lock from outside."""
+    c = Client(endpoints)
+    async with c:
+        yield c
+    assert c.resources().total() == 0, f"second client holds resources after close: {c.resources()}"
+
+
+def mutex_of(lock: Lock) -> Mutex:
+    m = lock._mutex
+    assert m is not None, "the lock has no mutex yet"
+    return m
+
+
+def is_waiting(lock: Lock) -> bool:
+    """The acquire is parked on the queue: its own key exists and it waits for the keys below it."""
+    m = lock._mutex
+    return m is not None and m._interest is not None and bool(m._interest.waiting_on)
+
+
+async def spin(iterations: int) -> None:
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Outcome:
+    done_before_cancel: bool  # the coroutine had finished before cancel() was called
+    cancelled: bool  # the task ended cancelled
+    error: BaseException | None
+    reached: bool  # the probe given to cancel_at was true just before cancel()
+
+
+async def cancel_at(coro: Coroutine[Any, Any, Any], step: int | float, probe: Any = None) -> Outcome:
+    """Run coro in a task; after `step` loop iterations (int) or seconds (float) cancel it; report."""
+    task: asyncio.Task[Any] = asyncio.create_task(coro, name="test:cancel-target")
+    if isinstance(step, int):
+        await spin(step)
+    else:
+        await asyncio.sleep(step)
+    done_before = task.done()
+    reached = bool(probe()) if probe is not None else False
+    requested = task.cancel()
+    error: BaseException | None = None
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except BaseException as e:
+        error = e
+    if requested:
+        # A cancellation that was requested must not be swallowed: that would leave a caller that believes
+        # it was cancelled holding a lock it never sees.
+        assert task.cancelled() or error is not None, (
+            f"cancel requested at step {step!r}, but the task completed normally (cancellation swallowed)"
+        )
+    return Outcome(done_before, task.cancelled(), error, reached)
+
+
+def grants_metric(etcd: EtcdCluster) -> float:
+    return etcd.members[0].metric(LEASES_GRANTED)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Basic acquire / release
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_acquire_release_key_token_and_increasing_tokens(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "basic"
+    tokens: list[int] = []
+    for _ in range(3):
+        async with client.lock(name, timeout=2) as held:
+            assert held.held
+            assert held.key == f"{name}/{held.lease:x}"
+            assert held.token == await create_revision(client, held.key)
+            assert held.lease in set(await client.leases())
+            kvs = (await client.get(held.key)).kvs
+            assert kvs[0].lease == held.lease and kvs[0].value == b""
+            assert await keys_under(client, ns) == {held.key: held.token}
+            assert not held.lost.is_set() and held.lost_reason is None
+            # The fencing compare works in the holder's own transactions.
+            r = await held.txn([], [Op.put(ns + "fenced", str(held.token))])
+            assert r.succeeded
+            tokens.append(held.token)
+            await client.delete(ns + "fenced")
+        assert not held.held
+        assert await keys_under(client, ns) == {}
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3, f"tokens not strictly increasing: {tokens}"
+    await assert_clean(client, ns, base, allow_lingering=False)
+
+
+async def test_body_exception_propagates_and_releases(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "boom"
+
+    class Boom(Exception):
+        pass
+
+    seen: dict[str, Any] = {}
+    with pytest.raises(Boom):
+        async with client.lock(name, timeout=2) as held:
+            seen["key"], seen["lease"] = held.key, held.lease
+            assert await keys_under(client, ns) == {held.key: held.token}
+            raise Boom
+    assert seen["key"] == f"{name}/{seen['lease']:x}"
+    assert await keys_under(client, ns) == {}, "the key outlived the body's exception"
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# try_lock
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_try_lock_free_and_held(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "try"
+    held = await client.try_lock(name)
+    assert held is not None and held.held
+    try:
+        assert held.key == f"{name}/{held.lease:x}"
+        assert held.token == await create_revision(client, held.key)
+
+        # The name is held: a second try_lock answers None at once and leaves neither key nor lease.
+        t0 = time.monotonic()
+        second = await client.try_lock(name)
+        assert second is None
+        assert time.monotonic() - t0 < 1.0
+
+        async def only_holder_left() -> bool:
+            return await keys_under(client, ns) == {held.key: held.token} and set(
+                await client.leases()
+            ) - base.leases == {held.lease}
+
+        await wait_until(only_holder_left, 2, "only the holder's key and lease")
+        assert client.resources().keepalive_leases == 1
+        assert not held.lost.is_set()
+    finally:
+        await held.release()
+    assert not held.held
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timeout
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_timeout_while_held_raises_and_leaves_nothing(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "timeout"
+    async with client.lock(name, timeout=2) as holder:
+        body_ran = False
+        t0 = time.monotonic()
+        with pytest.raises(LockTimeout) as ei:
+            async with client.lock(name, timeout=0.3):
+                body_ran = True
+        elapsed = time.monotonic() - t0
+        assert not body_ran, "the body ran without the lock"
+        assert isinstance(ei.value, TimeoutError) and isinstance(ei.value, LockError)
+        assert name in str(ei.value)
+        assert 0.3 <= elapsed < 1.3, f"LockTimeout after {elapsed:.3f}s for timeout=0.3"
+
+        async def only_holder_left() -> bool:
+            return await keys_under(client, ns) == {holder.key: holder.token} and set(
+                await client.leases()
+            ) - base.leases == {holder.lease}
+
+        await wait_until(only_holder_left, 2, "only the holder's key and lease")
+        assert client.resources().keepalive_leases == 1
+        assert holder.held and not holder.lost.is_set()
+        assert (await client.txn([holder.is_owner()], [])).succeeded, "the holder no longer owns the lock"
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reentrancy and shared sessions
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_not_reentrant_on_one_session(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "reentrant"
+    async with client.session(10) as s:
+        async with client.lock(name, session=s, timeout=2) as first:
+            assert first.lease == s.lease_id
+            token = first.token
+            with pytest.raises(AlreadyHeldError) as ei:
+                async with client.lock(name, session=s, timeout=2):
+                    pytest.fail("the body ran on a reentrant acquire")
+            msg = str(ei.value)
+            assert name in msg and "reentrant" in msg, f"unclear message: {msg!r}"
+            assert isinstance(ei.value, ConfigError)
+            # The first holder is undisturbed: still held, its key is still there with the same revision.
+            assert first.held and not first.lost.is_set(), f"first holder disturbed: {first.lost_reason}"
+            assert await keys_under(client, ns) == {first.key: token}, "the first holder's key was touched"
+            assert (await client.txn([first.is_owner()], [])).succeeded
+        assert await keys_under(client, ns) == {}
+        assert s.lease_id in set(await client.leases()), "releasing a lock ended the shared session"
+    await assert_clean(client, ns, base)
+
+
+async def test_different_names_share_the_session_lease(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    async with client.session(10) as s:
+        async with (
+            client.lock(ns + "a", session=s, timeout=2) as a,
+            client.lock(ns + "b", session=s, timeout=2) as b,
+        ):
+            assert a.lease == b.lease == s.lease_id
+            assert a.key == f"{ns}a/{s.lease_id:x}" and b.key == f"{ns}b/{s.lease_id:x}"
+            assert await keys_under(client, ns) == {a.key: a.token, b.key: b.token}
+            assert a.token < b.token
+            assert set(await client.leases()) - base.leases == {s.lease_id}
+            assert client.resources().keepalive_leases == 1
+        assert await keys_under(client, ns) == {}
+        # Locking the same name again on the same session works once the first lock was released.
+        async with client.lock(ns + "a", session=s, timeout=2) as again:
+            assert again.lease == s.lease_id
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FIFO, one wake-up per release
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_fifo_and_exactly_one_waiter_woken_per_release(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    name = ns + "fifo"
+    n = 8
+    holder = await client.lock(name, timeout=2).acquire()
+    locks = [client.lock(name, timeout=20) for _ in range(n)]
+    release = [asyncio.Event() for _ in range(n)]
+    grants: list[tuple[int, int]] = []  # (waiter, token) in grant order
+    active = 0
+    max_active = 0
+
+    async def waiter(i: int) -> None:
+        nonlocal active, max_active
+        async with locks[i] as held:
+            active += 1
+            max_active = max(max_active, active)
+            grants.append((i, held.token))
+            await release[i].wait()
+            active -= 1
+
+    tasks = [asyncio.create_task(waiter(i), name=f"test:waiter-{i}") for i in range(n)]
+    try:
+        await wait_until(lambda: all(is_waiting(lk) for lk in locks), 5, "all 8 waiters parked")
+
+        async def nine_keys() -> bool:
+            return len(await keys_under(client, name + "/")) == n + 1
+
+        await wait_until(nine_keys, 5, "holder + 8 queued keys")
+        queued = await keys_under(client, name + "/")
+        for lk in locks:
+            m = mutex_of(lk)
+            assert queued[m.key.decode()] == m.token, "a waiter's token is not its key's create_revision"
+            assert m.token > holder.token and m.wakeups == 0
+        expected_order = sorted(range(n), key=lambda i: mutex_of(locks[i]).token)
+        nw: NameWatch = registry_for(client).names[name]
+        events0 = nw.events
+
+        await holder.release()
+        for turn in range(n):
+            await wait_until(lambda t=turn: len(grants) > t, 5, f"grant #{turn + 1}")  # type: ignore[misc]
+            i, token = grants[turn]
+            assert i == expected_order[turn], f"grant #{turn + 1} went to {i}, not {expected_order[turn]}"
+            assert token == mutex_of(locks[i]).token
+            assert mutex_of(locks[i]).wakeups == 1, f"waiter {i} woken {mutex_of(locks[i]).wakeups}x"
+            for j in expected_order[turn + 1 :]:
+                assert mutex_of(locks[j]).wakeups == 0, f"waiter {j} woken by release #{turn + 1}"
+            assert registry_for(client).names.get(name) is nw, "the shared queue watcher was replaced"
+            assert nw.events == events0 + turn + 1, f"{nw.events - events0} deletions for {turn + 1} releases"
+            assert len(grants) == turn + 1 and max_active == 1
+            release[i].set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await holder.release()
+
+    assert [t for _, t in grants] == sorted(t for _, t in grants)
+    wakeups = [mutex_of(lk).wakeups for lk in locks]
+    assert wakeups == [1] * n, f"wake-ups per waiter: {wakeups}"
+    assert max_active == 1
+    await assert_clean(client, ns, base, allow_lingering=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Nested names
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [("x", "x/y"), ("x/y", "x")])
+async def test_nested_names_do_not_block_each_other(client: Client, ns: str, first: str, second: str) -> None:
+    base = await baseline(client)
+    async with client.lock(ns + first, timeout=2) as a:
+        t0 = time.monotonic()
+        async with client.lock(ns + second, timeout=2) as b:
+            assert time.monotonic() - t0 < 1.0, f"{second!r} waited for {first!r}"
+            assert a.held and b.held and not a.lost.is_set()
+            assert a.key == f"{ns}{first}/{a.lease:x}" and b.key == f"{ns}{second}/{b.lease:x}"
+        assert await keys_under(client, ns) == {a.key: a.token}
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cancellation at every await point
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_ITERATIONS = 3000
+DELAYS = [0.0005 * i for i in range(1, 13)]  # 0.5 ms .. 6 ms
+
+
+async def test_cancel_uncontended_acquire_at_every_point(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    trials = 0
+
+    async def trial(step: int | float, name: str) -> bool:
+        """One cancelled acquire; True once the acquire completed before the cancel."""
+        nonlocal trials
+        trials += 1
+        lock = client.lock(name, timeout=None)
+        out = await cancel_at(lock.acquire(), step)
+        if out.done_before_cancel:
+            assert out.error is None, f"step {step!r}: acquire failed: {out.error!r}"
+            assert lock.held
+            await lock.release()
+        else:
+            assert out.cancelled, f"step {step!r}: acquire ended by {out.error!r}, not by the cancel"
+            assert not lock.held
+        try:
+            await assert_clean(client, ns, base)
+        except AssertionError as e:
+            raise AssertionError(f"acquire of {name} cancelled at step {step!r}: {e}") from None
+        return out.done_before_cancel
+
+    # Each step twice: on a name whose idle queue watcher is still around (locked again and again), and on
+    # a name this client never locked (the watcher is created by this very acquire).
+    for fresh in (False, True):
+        completed_at: int | None = None
+        for k in range(MAX_ITERATIONS):
+            if await trial(k, f"{ns}free-{k}" if fresh else f"{ns}free"):
+                completed_at = k
+                break
+        assert completed_at is not None, f"the acquire never completed within {MAX_ITERATIONS} iterations"
+        assert completed_at > 2, "the acquire completed without awaiting anything"
+        for i, d in enumerate(DELAYS):
+            if await trial(d, f"{ns}free-d{i}" if fresh else f"{ns}free"):
+                break
+    assert trials > 10
+    await assert_clean(client, ns, base, allow_lingering=False)
+
+
+async def test_cancel_contended_acquire_at_every_point(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    name = ns + "cancel-held"
+    async with second_client(etcd_endpoints) as other:
+        other_base = await baseline(other)
+        holder = await other.lock(name, timeout=2).acquire()
+        try:
+            # The holder's client settles (its queue watcher is created) before the baseline is taken.
+            await wait_until(
+                lambda: registry_for(other).names[name].watcher.created.is_set(), 2, "holder's watcher"
+            )
+            base = await baseline(client)
+            holder_key = frozenset({holder.key})
+            holder_lease = frozenset({holder.lease})
+
+            async def trial(step: int | float) -> bool:
+                """One cancelled acquire; True if it had reached its final wait when cancelled."""
+                lock = client.lock(name, timeout=None)
+                out = await cancel_at(lock.acquire(), step, probe=lambda: is_waiting(lock))
+                assert not out.done_before_cancel, f"step {step!r}: acquired a held lock: {out.error!r}"
+                assert out.cancelled, f"step {step!r}: acquire ended by {out.error!r}, not by the cancel"
+                assert not lock.held
+                try:
+                    await assert_clean(client, ns, base, keys=holder_key, leases=holder_lease)
+                except AssertionError as e:
+                    raise AssertionError(f"cancelled at step {step!r}: {e}") from None
+                assert holder.held and not holder.lost.is_set(), f"holder disturbed: {holder.lost_reason}"
+                return out.reached
+
+            parked_at: int | None = None
+            for k in range(MAX_ITERATIONS):
+                if await trial(k) and parked_at is None:
+                    parked_at = k
+                if parked_at is not None and k >= parked_at + 3:
+                    break
+            assert parked_at is not None, f"the acquire never parked within {MAX_ITERATIONS} iterations"
+            assert parked_at > 2
+            for d in DELAYS:
+                if await trial(d):
+                    break
+            assert (await other.txn([holder.is_owner()], [])).succeeded
+        finally:
+            await holder.release()
+        await assert_clean(other, ns, other_base, allow_lingering=False)
+    await assert_clean(client, ns, base, allow_lingering=False)
+
+
+@pytest.mark.parametrize("shared_session", [False, True], ids=["own-session", "shared-session"])
+async def test_cancel_release_at_every_point(client: Client, ns: str, shared_session: bool) -> None:
+    name = ns + "cancel-release"
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(client.session(10)) if shared_session else None
+        if session is not None:
+            await wait_until(lambda: session.keeper.renewals > 0, 5, "the session's first renewal")
+        base = await baseline(client)
+        keepalive = 1 if shared_session else 0
+
+        async def trial(step: int | float) -> bool:
+            held = await client.lock(name, timeout=2, session=session).acquire()
+            key = held.key
+            out = await cancel_at(held.release(), step)
+            assert out.error is None, f"step {step!r}: release raised {out.error!r}"
+            assert not held.held
+            try:
+                await assert_clean(client, ns, base, keepalive=keepalive)
+            except AssertionError as e:
+                await held.release()  # (idempotent) tidy up before failing
+                raise AssertionError(f"release cancelled at step {step!r} left {key} behind: {e}") from None
+            return out.done_before_cancel
+
+        # Step 0 would cancel the task before release() runs a single line; start at 1.
+        completed = False
+        for k in range(1, MAX_ITERATIONS):
+            if await trial(k):
+                completed = True
+                break
+        assert completed
+        for d in DELAYS:
+            if await trial(d):
+                break
+    await assert_clean(client, ns, base, allow_lingering=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------------------
+
+
+def record_loss(held: Lock) -> list[float]:
+    """The monotonic times at which held's lost-callback ran."""
+    fired: list[float] = []
+    held.add_lost_callback(lambda _reason: fired.append(time.monotonic()))
+    return fired
+
+
+async def test_revoked_lease_fires_lost_within_100ms(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    base = await baseline(client)
+    name = ns + "revoked"
+    latencies: list[float] = []
+    async with second_client(etcd_endpoints) as other:
+        for _ in range(5):
+            async with client.lock(name, timeout=2) as held:
+                fired = record_loss(held)
+                await other.revoke(held.lease)
+                returned = time.monotonic()
+                await asyncio.wait_for(held.lost.wait(), 5)
+                latencies.append(max(0.0, fired[0] - returned))
+                reason = held.lost_reason
+                assert reason, "lost fired without a reason"
+                assert held.key in reason or f"{held.lease:x}" in reason, reason
+            assert await keys_under(client, ns) == {}
+    assert max(latencies) < 0.1, f"lost fired {[round(x, 3) for x in latencies]}s after the revoke"
+    await assert_clean(client, ns, base)
+
+
+async def test_revoke_after_holder_settled_fires_lost_within_100ms(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    """Same as above, but the revoke comes only once the holder's queue watcher is live on the server."""
+    base = await baseline(client)
+    name = ns + "revoked-settled"
+    latencies: list[float] = []
+    async with second_client(etcd_endpoints) as other:
+        for _ in range(5):
+            async with client.lock(name, timeout=2) as held:
+                await wait_until(
+                    lambda: registry_for(client).names[name].watcher.created.is_set(), 2, "queue watcher"
+                )
+                fired = record_loss(held)
+                await other.revoke(held.lease)
+                returned = time.monotonic()
+                await asyncio.wait_for(held.lost.wait(), 5)
+                latencies.append(max(0.0, fired[0] - returned))
+    assert max(latencies) < 0.1, f"lost fired {[round(x, 3) for x in latencies]}s after the revoke"
+    await assert_clean(client, ns, base)
+
+
+async def test_key_deleted_from_outside_fires_lost(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    base = await baseline(client)
+    name = ns + "deleted"
+    async with second_client(etcd_endpoints) as other, client.lock(name, timeout=2) as held:
+        await wait_until(
+            lambda: registry_for(client).names[name].watcher.created.is_set(), 2, "queue watcher"
+        )
+        fired = record_loss(held)
+        r = await other.delete(held.key)
+        returned = time.monotonic()
+        assert r.deleted == 1
+        await asyncio.wait_for(held.lost.wait(), 2)
+        assert fired[0] - returned < 0.1
+        assert held.lost_reason is not None and "deleted" in held.lost_reason, held.lost_reason
+        assert held.key in held.lost_reason
+        # The fencing compare no longer holds.
+        assert not (await client.txn([held.is_owner()], [])).succeeded
+    await assert_clean(client, ns, base)
+
+
+async def test_cancel_on_loss_cancels_body_and_raises_lock_lost(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    base = await baseline(client)
+    name = ns + "cancel-on-loss"
+    never = asyncio.Event()
+    body_cancelled = False
+    async with second_client(etcd_endpoints) as other:
+        revoker: asyncio.Task[Any] | None = None
+        t0 = time.monotonic()
+        with pytest.raises(LockLost) as ei:
+            async with client.lock(name, timeout=2, cancel_on_loss=True) as held:
+                revoker = asyncio.create_task(other.revoke(held.lease))
+                try:
+                    await never.wait()
+                except asyncio.CancelledError:
+                    body_cancelled = True
+                    raise
+        elapsed = time.monotonic() - t0
+        assert revoker is not None
+        await revoker
+    assert body_cancelled, "the body was not cancelled"
+    assert elapsed < 2.0, f"the body ran {elapsed:.2f}s after the loss"
+    assert name in str(ei.value) and "lost" in str(ei.value)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0, "the loss cancellation leaked into the caller"
+    await assert_clean(client, ns, base)
+
+
+async def test_cancel_on_loss_does_not_turn_outside_cancel_into_lock_lost(client: Client, ns: str) -> None:
+    """An ordinary cancellation of the body's task stays a CancelledError (and the lock is released)."""
+    base = await baseline(client)
+    name = ns + "cancel-outside"
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with client.lock(name, timeout=2, cancel_on_loss=True):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(body())
+    await asyncio.wait_for(entered.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_clean(client, ns, base)
+
+
+async def test_stopped_keepalive_fires_lost_at_local_deadline(etcd_fresh: EtcdCluster, ns: str) -> None:
+    ttl = 3
+    member = etcd_fresh.members[0]
+    name = ns + "keepalive"
+    async with Client(etcd_fresh.endpoints) as c:
+        base = await baseline(c)
+        async with c.lock(name, ttl=ttl, timeout=2) as held:
+            assert (await c.time_to_live(held.lease)).granted_ttl == ttl
+            assert held.mutex.session.keeper.ttl == ttl
+            fired = record_loss(held)
+            paused_at = time.monotonic()
+            await asyncio.to_thread(member.pause)
+            try:
+                await asyncio.wait_for(held.lost.wait(), ttl + 2)
+            finally:
+                await asyncio.to_thread(member.resume)
+            since_pause = fired[0] - paused_at
+            assert since_pause < ttl, f"lost fired {since_pause:.2f}s after the pause (TTL {ttl}s)"
+            # The last renewal sent before the pause succeeded, and renewals go every TTL/3.
+            assert since_pause > ttl / 2, f"lost fired too early: {since_pause:.2f}s after the pause"
+            assert held.lost_reason is not None and "keepalive" in held.lost_reason, held.lost_reason
+            assert c.resources().keepalive_leases == 0
+        await assert_clean(c, ns, base, timeout=10)
+    assert c.resources().total() == 0
+
+
+async def test_own_key_deleted_while_waiting_fails_at_once(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    base = await baseline(client)
+    name = ns + "waiting-deleted"
+    async with second_client(etcd_endpoints) as other, client.lock(name, timeout=2) as holder:
+        lock = client.lock(name, timeout=20)
+        task = asyncio.create_task(lock.acquire())
+        try:
+            await wait_until(lambda: is_waiting(lock), 5, "the waiter parked")
+            waiter_key = mutex_of(lock).key.decode()
+            waiter_lease = mutex_of(lock).lease
+            assert set(await keys_under(client, ns)) == {holder.key, waiter_key}
+            await other.delete(waiter_key)
+            t0 = time.monotonic()
+            with pytest.raises(LockLost) as ei:
+                await asyncio.wait_for(task, 2)
+            assert time.monotonic() - t0 < 0.5, "acquire did not fail at once"
+            assert "deleted" in str(ei.value) or "vanished" in str(ei.value), str(ei.value)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert not lock.held
+        assert holder.held and not holder.lost.is_set()
+        assert await keys_under(client, ns) == {holder.key: holder.token}
+
+        async def waiter_lease_gone() -> bool:
+            return waiter_lease not in set(await client.leases())
+
+        await wait_until(waiter_lease_gone, 2, "the waiter's lease revoked")
+    await assert_clean(client, ns, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------
+
+BAD_INPUTS: list[tuple[str, dict[str, Any]]] = [
+    ("empty name", {"name": ""}),
+    ("blank name", {"name": "   "}),
+    ("non-str name", {"name": 42}),
+    ("bytes name", {"name": b"jobs"}),
+    ("trailing slash", {"name": "{ns}jobs/"}),
+    ("negative timeout", {"timeout": -1}),
+    ("nan timeout", {"timeout": float("nan")}),
+    ("bool timeout", {"timeout": True}),
+    ("ttl 0", {"ttl": 0}),
+    ("negative ttl", {"ttl": -5}),
+    ("float ttl", {"ttl": 2.5}),
+]
+
+
+@pytest.mark.parametrize(("what", "kwargs"), BAD_INPUTS, ids=[w for w, _ in BAD_INPUTS])
+async def test_bad_input_raises_config_error_and_creates_nothing(
+    client: Client, ns: str, etcd: EtcdCluster, what: str, kwargs: dict[str, Any]
+) -> None:
+    base = await baseline(client)
+    granted = grants_metric(etcd)
+    args: dict[str, Any] = {"name": ns + "bad", "timeout": 1, **kwargs}
+    if isinstance(args["name"], str):
+        args["name"] = args["name"].format(ns=ns)
+    name = args.pop("name")
+    body_ran = False
+    with pytest.raises(ConfigError) as ei:
+        async with client.lock(name, **args):
+            body_ran = True
+    assert not body_ran
+    assert not isinstance(ei.value, AlreadyHeldError)
+    assert str(ei.value), "empty error message"
+    assert grants_metric(etcd) == granted, f"{what}: a lease was granted before the input was rejected"
+    await assert_clean(client, ns, base)
+
+
+@pytest.mark.parametrize(
+    ("what", "kwargs"),
+    [b for b in BAD_INPUTS if "timeout" not in b[1]],
+    ids=[w for w, k in BAD_INPUTS if "timeout" not in k],
+)
+async def test_try_lock_bad_input_raises_config_error(
+    client: Client, ns: str, etcd: EtcdCluster, what: str, kwargs: dict[str, Any]
+) -> None:
+    base = await baseline(client)
+    granted = grants_metric(etcd)
+    args: dict[str, Any] = {"name": ns + "bad", **kwargs}
+    if isinstance(args["name"], str):
+        args["name"] = args["name"].format(ns=ns)
+    name = args.pop("name")
+    with pytest.raises(ConfigError):
+        await client.try_lock(name, **args)
+    assert grants_metric(etcd) == granted, f"{what}: a lease was granted before the input was rejected"
+    await assert_clean(client, ns, base)
+
+
+async def test_session_of_another_client_is_refused(
+    client: Client, ns: str, etcd_endpoints: list[str]
+) -> None:
+    base = await baseline(client)
+    async with second_client(etcd_endpoints) as other, other.session(10) as s:
+        with pytest.raises(ConfigError, match="another client"):
+            client.lock(ns + "x", session=s)
+    await assert_clean(client, ns, base)
+
+
+async def test_lock_object_is_single_use(client: Client, ns: str) -> None:
+    base = await baseline(client)
+    lock = client.lock(ns + "once", timeout=2)
+    async with lock:
+        pass
+    with pytest.raises(ConfigError, match="already used"):
+        async with lock:
+            pytest.fail("a used Lock object acquired again")
+    await assert_clean(client, ns, base)
