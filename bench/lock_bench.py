@@ -69,9 +69,9 @@ async def run(args: argparse.Namespace) -> str:
         xs.sort()
     return (
         f"RESULT label={args.label} mode=py-{args.mode} c={args.c} conns=1 distinct={str(args.distinct).lower()} "
-        f"cycles={len(lat)} secs={elapsed:.2f} ops_s={len(lat) / elapsed:.1f} p50_ms={pct(lat, .5):.3f} "
-        f"p90_ms={pct(lat, .9):.3f} p99_ms={pct(lat, .99):.3f} acq_p50_ms={pct(acq, .5):.3f} "
-        f"acq_p99_ms={pct(acq, .99):.3f} rel_p50_ms={pct(rel, .5):.3f} rel_p99_ms={pct(rel, .99):.3f} "
+        f"cycles={len(lat)} secs={elapsed:.2f} ops_s={len(lat) / elapsed:.1f} p50_ms={pct(lat, 0.5):.3f} "
+        f"p90_ms={pct(lat, 0.9):.3f} p99_ms={pct(lat, 0.99):.3f} acq_p50_ms={pct(acq, 0.5):.3f} "
+        f"acq_p99_ms={pct(acq, 0.99):.3f} rel_p50_ms={pct(rel, 0.5):.3f} rel_p99_ms={pct(rel, 0.99):.3f} "
         f"errors={errors} leftover_keys={leftover}"
     )
 

@@ -12,8 +12,8 @@ if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 echo "==> generated stubs match proto/"
 bash scripts/check_stubs_fresh.sh
 echo "==> ruff"
-ruff check src tests scripts
-ruff format --check src tests scripts
+ruff check src tests scripts bench
+ruff format --check src tests scripts bench
 echo "==> mypy --strict"
 mypy
 echo "==> pytest"

@@ -199,6 +199,10 @@ class Client:
     ) -> TxnResult:
         return await self._kv.txn(compare, success, failure, timeout=timeout)
 
+    async def txn_raw(self, request: pb.TxnRequest, *, timeout: float | None = None) -> pb.TxnResponse:
+        """Send a prebuilt TxnRequest and get the protobuf reply (for recipes' hot paths)."""
+        return await self._kv.txn_raw(request, timeout=timeout)
+
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
         return await self._kv.compact(revision, physical=physical, timeout=timeout)
 

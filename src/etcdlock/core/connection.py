@@ -269,7 +269,8 @@ class Connection:
                 )
             endpoint = self.current_endpoint
             try:
-                md = await self._metadata(endpoint, remaining, leader=False)
+                # No auth: nothing to await, and no per-call metadata to build.
+                md = await self._metadata(endpoint, remaining, leader=False) if self._username else None
                 fn = self._unary_callable(endpoint, method)
                 return await fn(request, timeout=remaining, metadata=md)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as e:

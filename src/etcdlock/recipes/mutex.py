@@ -32,11 +32,12 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.tasks import shielded
-from etcdlock.core.txn import Compare, Op
-from etcdlock.core.types import GetResult, KeyValue, TxnResult
+from etcdlock.core.txn import Compare, Op, txn_request
+from etcdlock.core.types import GetResult, TxnResult
 from etcdlock.recipes.errors import AlreadyHeldError, LockLost, LockTimeout
 from etcdlock.recipes.queue import Interest, NameWatch, registry_for
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, Session
@@ -185,7 +186,7 @@ class Mutex:
                 read_rev, below, complete = await self._lower_keys(my_rev)
                 if complete and not below:
                     return
-            if not queue.wait_for(interest, (kv.key for kv in below), read_rev):
+            if not queue.wait_for(interest, below, read_rev):
                 must_read = True
                 continue
             await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
@@ -198,34 +199,19 @@ class Mutex:
                 return  # every key below mine is gone, and (same watcher, in order) mine is not
             must_read = True  # more keys were below mine than one read returns: read the next ones
 
-    async def _create_key(self) -> tuple[int, int, list[KeyValue], bool]:
+    async def _create_key(self) -> tuple[int, int, list[bytes], bool]:
         """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
-        queue_top = Op.get(
-            self.prefix,
-            prefix=True,
-            sort_order="descend",
-            sort_target="create",
-            limit=_PAGE + 1,
-            keys_only=True,
-        )
-        r = await self.client.txn(
-            [Compare.create_revision(self.key, "==", 0)],
-            [Op.put(self.key, b"", lease=self.lease), queue_top],
-            [Op.get(self.key, keys_only=True)],
-        )
+        r = await self.client.txn_raw(self._acquire_request())
         if r.succeeded:
             my_rev = r.header.revision
-            top = r.responses[1]
-            assert isinstance(top, GetResult)
+            top = r.responses[1].response_range
             # My key was just created: it is the top of the queue; the rest of the page is below it.
-            below = [kv for kv in top.kvs if kv.create_revision < my_rev and self._is_lock_key(kv.key)]
+            below = [kv.key for kv in top.kvs if kv.create_revision < my_rev and self._is_lock_key(kv.key)]
             complete = not top.more
         else:
             # My key exists already: an earlier attempt of this very acquire went through (a retried
             # Txn). Where it stands in the queue needs a proper read.
-            existing = r.responses[0]
-            assert isinstance(existing, GetResult)
-            my_rev = existing.kvs[0].create_revision
+            my_rev = r.responses[0].response_range.kvs[0].create_revision
             below, complete = [], False
         self.token = my_rev
         assert self._queue is not None
@@ -236,7 +222,29 @@ class Mutex:
             raise LockLost(self._lost_message())
         return my_rev, r.header.revision, below, complete
 
-    async def _lower_keys(self, my_rev: int) -> tuple[int, list[KeyValue], bool]:
+    def _acquire_request(self) -> pb.TxnRequest:
+        """If my key does not exist: create it on my lease and read the top of the queue; else read my key.
+
+        The same for every acquisition of this name on this session, so it is built once per session."""
+        cached = self.session.requests.get(self.name)
+        if cached is None:
+            queue_top = Op.get(
+                self.prefix,
+                prefix=True,
+                sort_order="descend",
+                sort_target="create",
+                limit=_PAGE + 1,
+                keys_only=True,
+            )
+            cached = txn_request(
+                [Compare.create_revision(self.key, "==", 0)],
+                [Op.put(self.key, b"", lease=self.lease), queue_top],
+                [Op.get(self.key, keys_only=True)],
+            )
+            self.session.requests[self.name] = cached
+        return cached
+
+    async def _lower_keys(self, my_rev: int) -> tuple[int, list[bytes], bool]:
         """Read the lock keys just below mine, together with my own key (which must still be there)."""
         if self.lost.is_set():
             raise LockLost(self._lost_message())
@@ -246,7 +254,7 @@ class Mutex:
         if not mine.kvs or mine.kvs[0].create_revision != my_rev:
             self._mark_lost(f"lock key {self.key.decode()} vanished while waiting (lease expired or deleted)")
             raise LockLost(self._lost_message())
-        below = [kv for kv in page.kvs if self._is_lock_key(kv.key)]
+        below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
         more = page.more
         while more and not below:
             # The page held only keys of names nested under ours (a/b/... under a/): page on down.
@@ -261,7 +269,7 @@ class Mutex:
                 keys_only=True,
                 revision=r.header.revision,
             )
-            below = [kv for kv in page.kvs if self._is_lock_key(kv.key)]
+            below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
             more = page.more
         return r.header.revision, below, not more
 
@@ -339,11 +347,14 @@ class Mutex:
                 # Only my key, only if it is still the one I created (or, if I never learnt its revision,
                 # only if it is on my lease): never a newer holder's.
                 guard = (
-                    Compare.create_revision(self.key, "==", self.token)
+                    pb.Compare(key=self.key, target=pb.Compare.CREATE, create_revision=self.token)
                     if self.token
-                    else Compare.lease(self.key, "==", self.lease)
+                    else pb.Compare(key=self.key, target=pb.Compare.LEASE, lease=self.lease)
                 )
-                await self.client.txn([guard], [Op.delete(self.key)], timeout=CLEANUP_TIMEOUT)
+                delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=self.key))
+                await self.client.txn_raw(
+                    pb.TxnRequest(compare=[guard], success=[delete]), timeout=CLEANUP_TIMEOUT
+                )
         except EtcdError as e:
             log.warning(
                 "could not delete lock key %s (%s); it goes when lease %x expires",

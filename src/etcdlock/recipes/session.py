@@ -10,6 +10,7 @@ import asyncio
 import logging
 from types import TracebackType
 
+from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.lease import KeepAlive, check_ttl
@@ -34,6 +35,8 @@ class Session:
         # Lock names this session holds or is acquiring: a second acquire of the same name would be the
         # same etcd key, so it is refused (locks are not reentrant).
         self.names: set[str] = set()
+        # Prebuilt acquire requests per lock name: identical for every acquisition on this lease.
+        self.requests: dict[str, pb.TxnRequest] = {}
 
     @property
     def client(self) -> Client:
