@@ -14,11 +14,12 @@ from types import TracebackType
 
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError
+from etcdlock.core.lease import check_ttl
 from etcdlock.core.tasks import shielded
 from etcdlock.core.txn import Compare, Op
 from etcdlock.core.types import TxnResult
 from etcdlock.recipes.errors import LockLost
-from etcdlock.recipes.mutex import Mutex, check_name
+from etcdlock.recipes.mutex import Mutex, check_lock_timeout, check_name
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, DEFAULT_TTL, Session
 
 _LOSS_CANCEL_MSG = "etcdlock: lock lost"
@@ -38,6 +39,9 @@ class Lock:
         cancel_on_loss: bool = False,
     ) -> None:
         self.name = check_name(name)
+        check_lock_timeout(timeout)
+        if session is None:
+            check_ttl(ttl)
         if session is not None and session.client is not client:
             raise ConfigError("the session belongs to another client")
         self._client = client
@@ -138,10 +142,13 @@ class Lock:
     async def _drop(self) -> None:
         """Give everything back: the key (via the mutex) and, if it is ours, the session's lease."""
         if self._own_session and self._session is not None:
-            # Revoking our own lease deletes the key too, in the same single round trip.
-            if self._mutex is not None:
-                await self._mutex.release(delete_key=False)
-            await self._session.close()
+            # Revoking our own lease deletes the key too, in the same single round trip. The revoke must
+            # happen even if we are cancelled while the mutex lets go (both steps are shielded).
+            try:
+                if self._mutex is not None:
+                    await self._mutex.release(delete_key=False)
+            finally:
+                await self._session.close()
         elif self._mutex is not None:
             await self._mutex.release()
 

@@ -63,6 +63,15 @@ def check_name(name: object) -> str:
     return name
 
 
+def check_lock_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ConfigError(f"lock timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+    if timeout == float("inf"):
+        raise ConfigError("lock timeout must be finite; use None to wait without a deadline")
+
+
 class Mutex:
     """One lock name on one session. After `acquire()`, this object is the held lock."""
 
@@ -77,6 +86,7 @@ class Mutex:
         self.acquired_at_revision = 0
         self.wakeups = 0  # times this waiter was woken: once per release that made it first
         self._held = False
+        self._claimed = False  # the name is ours on this session: only then is there anything to clean up
         self._queue: NameWatch | None = None
         self._interest: Interest | None = None
         self._lost_callbacks: list[Callable[[str], None]] = []
@@ -121,10 +131,7 @@ class Mutex:
 
     async def acquire(self, timeout: float | None = None) -> None:
         """Wait until the lock is mine. LockTimeout after `timeout` seconds (None: wait forever)."""
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-        ):
-            raise ConfigError(f"lock timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        check_lock_timeout(timeout)
         self._claim_name()
         deadline = asyncio.timeout(timeout)
         try:
@@ -144,6 +151,7 @@ class Mutex:
         self._claim_name()
         try:
             my_rev, _, below, complete = await self._create_key()
+            await self._watching_my_key(my_rev)
             if not complete and not below:
                 _, below, complete = await self._lower_keys(my_rev)
             free = not below and complete
@@ -165,6 +173,7 @@ class Mutex:
                 f"{self.lease:x}); etcd locks are not reentrant"
             )
         self.session.names.add(self.name)
+        self._claimed = True
         # Watch the queue (and my key) before my key exists, so no deletion can slip by.
         self._queue = registry_for(self.client).get(self.name, self.prefix)
         self._interest = Interest(self.key, self._own_key_deleted)
@@ -175,9 +184,9 @@ class Mutex:
         queue, interest = self._queue, self._interest
         assert queue is not None and interest is not None
         my_rev, read_rev, below, complete = await self._create_key()
+        watched_from = await self._watching_my_key(my_rev)
         if complete and not below:
             return
-        watched_from = await self._until_lost(queue.created_revision())
         must_read = read_rev < watched_from
         while True:
             if must_read or interest.stale:
@@ -221,6 +230,22 @@ class Mutex:
         if self.lost.is_set():
             raise LockLost(self._lost_message())
         return my_rev, r.header.revision, below, complete
+
+    async def _watching_my_key(self, my_rev: int) -> int:
+        """Make sure the queue watcher sees every deletion of my key from its creation on; returns the
+        revision the watcher started from.
+
+        The watcher starts "from now" (etcd serves it live). If it started after my key was created, a
+        deletion in between would go unseen, so read my key once: still there with my revision, or lost.
+        With a lingering watcher (the usual case) it started long ago and this costs nothing."""
+        assert self._queue is not None
+        watched_from = await self._until_lost(self._queue.created_revision())
+        if watched_from > my_rev:
+            r = await self.client.get(self.key, keys_only=True)
+            if not r.kvs or r.kvs[0].create_revision != my_rev:
+                self._mark_lost(f"lock key {self.key.decode()} vanished right after it was created")
+                raise LockLost(self._lost_message())
+        return watched_from
 
     def _acquire_request(self) -> pb.TxnRequest:
         """If my key does not exist: create it on my lease and read the top of the queue; else read my key.
@@ -341,6 +366,9 @@ class Mutex:
         await shielded(self._cleanup(delete_key), CLEANUP_TIMEOUT)
 
     async def _cleanup(self, delete_key: bool) -> None:
+        if not self._claimed:
+            return  # never claimed (e.g. AlreadyHeldError): the key, if any, is somebody else's
+        self._claimed = False
         self._leave_queue()
         try:
             if delete_key:

@@ -15,6 +15,7 @@ from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.lease import KeepAlive, check_ttl
 from etcdlock.core.tasks import shielded
+from etcdlock.core.types import LeaseGrant
 
 log = logging.getLogger("etcdlock.session")
 
@@ -62,9 +63,16 @@ class Session:
             raise ConfigError("a session can be started only once")
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        # If this is cancelled mid-flight the grant may still be applied; we never learn its id, so that
-        # lease expires by itself within the TTL. Everything after this point is revoked on failure.
-        grant = await self._client.grant(self.ttl, timeout=timeout)
+        # The grant runs in a task of its own: if we are cancelled while it is in flight, it is let finish
+        # and the lease it got is revoked, so a cancelled start leaves no lease behind.
+        granting = loop.create_task(
+            self._client.grant(self.ttl, timeout=timeout), name="etcdlock:lease-grant"
+        )
+        try:
+            grant = await asyncio.shield(granting)
+        except asyncio.CancelledError:
+            await shielded(self._undo_grant(granting), CLEANUP_TIMEOUT)
+            raise
         self.lease_id = grant.id
         try:
             self._keeper = self._client.keep_alive(grant.id, grant.ttl, granted_at=sent_at)
@@ -72,6 +80,15 @@ class Session:
             await shielded(self._revoke(), CLEANUP_TIMEOUT)
             raise
         return self
+
+    async def _undo_grant(self, granting: asyncio.Task[LeaseGrant]) -> None:
+        try:
+            grant = await granting
+        except Exception:
+            return  # no lease was granted
+        self.lease_id = grant.id
+        await self._revoke()
+        self._closed = True
 
     async def close(self) -> None:
         """Stop the keepalive and revoke the lease (shielded, own deadline). Idempotent."""
