@@ -11,6 +11,7 @@ from typing import Any, Self, Unpack
 
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
+from etcdlock.core.batch import TxnBatcher
 from etcdlock.core.connection import Connection, TLSConfig
 from etcdlock.core.errors import EtcdError
 from etcdlock.core.kv import KV, RangeOptions
@@ -78,6 +79,7 @@ class Client:
         )
         self._tasks = TaskOwner("client")
         self._kv = KV(self._conn)
+        self._batcher = TxnBatcher(self._conn, self._tasks)
         self._leases: Leases | None = None
         self._watches: Watches | None = None
         self._watch_buffer = watch_buffer
@@ -202,6 +204,19 @@ class Client:
     async def txn_raw(self, request: pb.TxnRequest, *, timeout: float | None = None) -> pb.TxnResponse:
         """Send a prebuilt TxnRequest and get the protobuf reply (for recipes' hot paths)."""
         return await self._kv.txn_raw(request, timeout=timeout)
+
+    async def txn_batched(
+        self,
+        request: pb.TxnRequest,
+        conflict: bytes,
+        order: bytes,
+        *,
+        timeout: float | None = None,
+        urgent: bool = False,
+    ) -> pb.TxnResponse:
+        """Like txn_raw, but may share one RPC with concurrent requests (see batch.py): never with one of
+        the same conflict key; and requests of one order key are applied one after the other, in order."""
+        return await self._batcher.txn(request, conflict, order, timeout, urgent=urgent)
 
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
         return await self._kv.compact(revision, physical=physical, timeout=timeout)

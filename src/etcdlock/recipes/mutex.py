@@ -210,7 +210,7 @@ class Mutex:
 
     async def _create_key(self) -> tuple[int, int, list[bytes], bool]:
         """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
-        r = await self.client.txn_raw(self._acquire_request())
+        r = await self.client.txn_batched(self._acquire_request(), self.prefix, self.key)
         if r.succeeded:
             my_rev = r.header.revision
             top = r.responses[1].response_range
@@ -239,7 +239,9 @@ class Mutex:
         deletion in between would go unseen, so read my key once: still there with my revision, or lost.
         With a lingering watcher (the usual case) it started long ago and this costs nothing."""
         assert self._queue is not None
-        watched_from = await self._until_lost(self._queue.created_revision())
+        watched_from = self._queue.watcher.created_revision
+        if not self._queue.watcher.created.is_set():  # a new watcher: wait for etcd's create reply
+            watched_from = await self._until_lost(self._queue.created_revision())
         if watched_from > my_rev:
             r = await self.client.get(self.key, keys_only=True)
             if not r.kvs or r.kvs[0].create_revision != my_rev:
@@ -380,8 +382,11 @@ class Mutex:
                     else pb.Compare(key=self.key, target=pb.Compare.LEASE, lease=self.lease)
                 )
                 delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=self.key))
-                await self.client.txn_raw(
-                    pb.TxnRequest(compare=[guard], success=[delete]), timeout=CLEANUP_TIMEOUT
+                await self.client.txn_batched(
+                    pb.TxnRequest(compare=[guard], success=[delete]),
+                    self.prefix,
+                    self.key,
+                    timeout=CLEANUP_TIMEOUT,
                 )
         except EtcdError as e:
             log.warning(

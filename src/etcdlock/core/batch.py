@@ -1,0 +1,198 @@
+"""Coalescing of independent Txns into one RPC: many concurrent lock operations, one round trip.
+
+gRPC's per-message cost in Python is what bounds a client running many locks at once, so Txns that are in
+flight together are sent as one outer Txn whose success branch holds each of them as a nested Txn (etcd
+3.3+). Rules that keep this invisible to callers:
+
+  * Requests carry a conflict key (a lock name) and an order key (the lock's own key). Two requests with
+    the same conflict key are never in one batch: everything in a batch commits at one revision, which
+    must never give two keys of one lock name the same create_revision. Two requests with the same order
+    key are never in flight at once, so they apply in call order (a cleanup after its acquire).
+  * A request goes out as itself, from the caller's own task, unless the client is backed up (MAX_IN_FLIGHT
+    RPCs out) with other lock names in flight, i.e. unless a batch is likely to form. So there is no
+    batching cost when idle, and none for many callers on one lock name (they could never share a batch).
+    An urgent request (a release: others wait for it) never waits; it goes at once, taking along whatever
+    is queued that may share its batch.
+  * If etcd rejects a batch (e.g. one nested put names an expired lease), each request is sent alone,
+    so one bad request fails only its own caller.
+  * Each nested reply gets the outer reply's header (nested replies carry none).
+  * A caller that is cancelled while its request is in flight only stops waiting; the request completes
+    (as a plain unary call cancelled mid-flight might too), and ordering by conflict key means a
+    cleanup the caller sends next is applied after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from etcdlock._wire import methods
+from etcdlock._wire import rpc_pb2 as pb
+from etcdlock.core.connection import Connection
+from etcdlock.core.errors import ConnectionFailedError, EtcdError, EtcdTimeoutError
+from etcdlock.core.tasks import TaskOwner
+
+MAX_BATCH = 64  # etcd's default --max-txn-ops is 128
+MAX_IN_FLIGHT = 2
+
+
+@dataclass
+class _Entry:
+    request: pb.TxnRequest
+    conflict: bytes
+    order: bytes
+    timeout: float | None
+    future: asyncio.Future[pb.TxnResponse] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _consume(future: asyncio.Future[pb.TxnResponse]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class TxnBatcher:
+    def __init__(self, conn: Connection, tasks: TaskOwner) -> None:
+        self._conn = conn
+        self._tasks = tasks
+        self._pending: deque[_Entry] = deque()
+        self._busy: set[bytes] = set()  # order keys in flight
+        self._names_in_flight: Counter[bytes] = Counter()
+        self._in_flight = 0
+        self._scheduled = False
+        self.batches_sent = 0
+        self.requests_batched = 0
+
+    async def txn(
+        self,
+        request: pb.TxnRequest,
+        conflict: bytes,
+        order: bytes,
+        timeout: float | None = None,
+        *,
+        urgent: bool = False,
+    ) -> pb.TxnResponse:
+        if order not in self._busy and not self._pending and (urgent or not self._worth_waiting(conflict)):
+            return await self._send_alone_now(request, conflict, order, timeout)
+        entry = _Entry(request, conflict, order, timeout)
+        self._pending.append(entry)
+        if urgent:
+            self._flush(force=True)  # a release frees a lock others wait for: it never waits for the cap
+        else:
+            self._schedule()
+        try:
+            return await asyncio.shield(entry.future)
+        except asyncio.CancelledError:
+            if not entry.future.done():
+                if entry in self._pending:
+                    self._pending.remove(entry)  # never sent: no effect at all
+                    entry.future.cancel()
+                else:
+                    entry.future.add_done_callback(_consume)  # in flight: nobody will read its outcome
+            raise
+
+    def _worth_waiting(self, conflict: bytes) -> bool:
+        """Queue only when it can pay: MAX_IN_FLIGHT RPCs are out and another lock name is in flight, so
+        a batch is likely to form. Requests all on one name could never share a batch; they go at once."""
+        if self._in_flight < MAX_IN_FLIGHT:
+            return False
+        return any(name != conflict for name in self._names_in_flight)
+
+    async def _send_alone_now(
+        self, request: pb.TxnRequest, conflict: bytes, order: bytes, timeout: float | None
+    ) -> pb.TxnResponse:
+        self._in_flight += 1
+        self._busy.add(order)
+        self._names_in_flight[conflict] += 1
+        try:
+            return await self._conn.unary(methods.TXN, request, timeout)
+        finally:
+            self._in_flight -= 1
+            self._busy.discard(order)
+            self._names_in_flight[conflict] -= 1
+            if not self._names_in_flight[conflict]:
+                del self._names_in_flight[conflict]
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pending and not self._scheduled and self._in_flight < MAX_IN_FLIGHT:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self, force: bool = False) -> None:
+        if not force:
+            self._scheduled = False
+        while self._pending and (force or self._in_flight < MAX_IN_FLIGHT):
+            batch: list[_Entry] = []
+            names: set[bytes] = set()
+            orders: set[bytes] = set()
+            kept: deque[_Entry] = deque()
+            while self._pending and len(batch) < MAX_BATCH:
+                e = self._pending.popleft()
+                if e.future.done():
+                    continue
+                if e.order in self._busy or e.order in orders or e.conflict in names:
+                    kept.append(e)  # its key is in flight, or its name is in this batch: a later one
+                else:
+                    batch.append(e)
+                    names.add(e.conflict)
+                    orders.add(e.order)
+            self._pending.extendleft(reversed(kept))
+            if not batch:
+                return
+            self._in_flight += 1
+            self._busy |= orders
+            self._names_in_flight.update(names)
+            self._tasks.spawn(self._send(batch, orders, names), "txn-batch")
+
+    async def _send(self, batch: list[_Entry], orders: set[bytes], names: set[bytes]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._one(batch[0])
+                return
+            timeout = max((e.timeout or self._conn.default_timeout) for e in batch)
+            outer = pb.TxnRequest(success=[pb.RequestOp(request_txn=e.request) for e in batch])
+            try:
+                reply = await self._conn.unary(methods.TXN, outer, timeout)
+            except (ConnectionFailedError, EtcdTimeoutError) as e:
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(e)
+                return
+            except EtcdError:
+                # Something in the batch was refused: let every request answer for itself.
+                await asyncio.gather(*(self._one(e) for e in batch))
+                return
+            self.batches_sent += 1
+            self.requests_batched += len(batch)
+            for entry, op in zip(batch, reply.responses, strict=True):
+                inner = op.response_txn
+                inner.header.CopyFrom(reply.header)
+                if not entry.future.done():
+                    entry.future.set_result(inner)
+        except BaseException as e:  # cancelled (client closing) or a bug: nobody may wait forever
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(e if isinstance(e, Exception) else EtcdError("client closed"))
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._in_flight -= 1
+            self._busy -= orders
+            self._names_in_flight.subtract(names)
+            for name in names:
+                if self._names_in_flight[name] <= 0:
+                    del self._names_in_flight[name]
+            self._schedule()
+
+    async def _one(self, entry: _Entry) -> None:
+        try:
+            reply = await self._conn.unary(methods.TXN, entry.request, entry.timeout)
+        except Exception as e:
+            if not entry.future.done():
+                entry.future.set_exception(e)
+            return
+        if not entry.future.done():
+            entry.future.set_result(reply)

@@ -1,0 +1,105 @@
+"""Txn coalescing (core/batch.py) against a real etcd: it batches when backed up, never puts one lock
+name twice in a batch, keeps per-key order, isolates a bad request; a cancelled queued request has no
+effect."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from etcdlock import Client, LeaseNotFoundError
+from etcdlock._wire import rpc_pb2 as pb
+from etcdlock.core import batch
+
+
+def put_if_absent(key: bytes, lease: int = 0) -> pb.TxnRequest:
+    return pb.TxnRequest(
+        compare=[pb.Compare(key=key, target=pb.Compare.CREATE, create_revision=0)],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, lease=lease))],
+        failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
+    )
+
+
+async def test_backed_up_requests_of_many_names_share_rpcs(client: Client, ns: str) -> None:
+    b = client._batcher
+    sent_before, batched_before = b.batches_sent, b.requests_batched
+    keys = [f"{ns}n{i}/k".encode() for i in range(40)]
+    replies = await asyncio.gather(
+        *(client.txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in keys)
+    )
+    assert all(r.succeeded for r in replies)
+    assert all(r.header.revision > 0 for r in replies), "nested replies must carry the outer header"
+    assert b.batches_sent > sent_before, "40 concurrent requests on distinct names were never coalesced"
+    assert b.requests_batched - batched_before >= 2
+    got = await client.get(ns, prefix=True)
+    assert {kv.key for kv in got.kvs} == set(keys)
+    # Each reply's revision is the revision its key was created at.
+    by_key = {kv.key: kv.create_revision for kv in got.kvs}
+    assert [r.header.revision for r in replies] == [by_key[k] for k in keys]
+
+
+async def test_one_lock_name_is_never_twice_in_a_batch(client: Client, ns: str) -> None:
+    name = f"{ns}same".encode()
+    keys = [name + b"/" + bytes(f"{i:x}", "ascii") for i in range(30)]
+    replies = await asyncio.gather(*(client.txn_batched(put_if_absent(k), name, k) for k in keys))
+    revisions = [r.header.revision for r in replies]
+    assert len(set(revisions)) == len(revisions), "two keys of one lock name got the same create_revision"
+
+
+async def test_same_order_key_applies_in_call_order(client: Client, ns: str) -> None:
+    key = f"{ns}o/k".encode()
+    name = f"{ns}o".encode()
+    create = client.txn_batched(put_if_absent(key), name, key)
+    delete = client.txn_batched(
+        pb.TxnRequest(success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))]), name, key
+    )
+    r1, r2 = await asyncio.gather(create, delete)
+    assert r1.succeeded and r2.responses[0].response_delete_range.deleted == 1
+    assert (await client.get(key)).count == 0
+
+
+async def _backed_up(
+    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> asyncio.Task[pb.TxnResponse]:
+    """One request of another name in flight with a cap of 1: whatever is submitted next queues behind it
+    and goes out as one batch when it returns."""
+    monkeypatch.setattr(batch, "MAX_IN_FLIGHT", 1)
+    key = f"{ns}blocker/k".encode()
+    blocker = asyncio.create_task(client.txn_batched(put_if_absent(key), b"blocker", key))
+    await asyncio.sleep(0)  # let it go out
+    assert client._batcher._in_flight == 1
+    return blocker
+
+
+async def test_a_bad_request_fails_alone(client: Client, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = await _backed_up(client, ns, monkeypatch)
+    sent = client._batcher.batches_sent
+    good = [f"{ns}g{i}/k".encode() for i in range(5)]
+    bad = f"{ns}bad/k".encode()
+    results = await asyncio.gather(
+        *(client.txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in good),
+        client.txn_batched(put_if_absent(bad, lease=0x7777777), bad.rsplit(b"/", 1)[0], bad),
+        return_exceptions=True,
+    )
+    await blocker
+    assert all(isinstance(r, pb.TxnResponse) and r.succeeded for r in results[:5])
+    assert isinstance(results[5], LeaseNotFoundError)
+    assert client._batcher.batches_sent == sent, "the refused batch must not count as sent"
+    assert (await client.get(ns, prefix=True)).count == 6  # 5 good + the blocker
+
+
+async def test_cancelled_queued_request_has_no_effect(
+    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = await _backed_up(client, ns, monkeypatch)
+    key = f"{ns}c/k".encode()
+    task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"c", key))
+    await asyncio.sleep(0)
+    assert any(e.order == key for e in client._batcher._pending), "the request should be queued"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await blocker
+    await client.put(f"{ns}after", "x")  # a round trip later, nothing of the cancelled request landed
+    assert (await client.get(key)).count == 0
