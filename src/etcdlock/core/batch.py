@@ -62,6 +62,7 @@ class TxnBatcher:
         self._names_in_flight: Counter[bytes] = Counter()
         self._in_flight = 0
         self._scheduled = False
+        self._urgent_scheduled = False
         self.batches_sent = 0
         self.requests_batched = 0
 
@@ -74,12 +75,16 @@ class TxnBatcher:
         *,
         urgent: bool = False,
     ) -> pb.TxnResponse:
-        if order not in self._busy and not self._pending and (urgent or not self._worth_waiting(conflict)):
+        if order not in self._busy and not self._pending and not urgent and not self._worth_waiting(conflict):
             return await self._send_alone_now(request, conflict, order, timeout)
         entry = _Entry(request, conflict, order, timeout)
         self._pending.append(entry)
         if urgent:
-            self._flush(force=True)  # a release frees a lock others wait for: it never waits for the cap
+            # A release frees a lock others may wait for: it never waits for the cap, only for the end of
+            # this loop turn, so that releases made together go out together.
+            if not self._urgent_scheduled:
+                self._urgent_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_urgent)
         else:
             self._schedule()
         try:
@@ -120,6 +125,10 @@ class TxnBatcher:
         if self._pending and not self._scheduled and self._in_flight < MAX_IN_FLIGHT:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush_urgent(self) -> None:
+        self._urgent_scheduled = False
+        self._flush(force=True)
 
     def _flush(self, force: bool = False) -> None:
         if not force:
