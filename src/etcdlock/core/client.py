@@ -201,10 +201,6 @@ class Client:
     ) -> TxnResult:
         return await self._kv.txn(compare, success, failure, timeout=timeout)
 
-    async def txn_raw(self, request: pb.TxnRequest, *, timeout: float | None = None) -> pb.TxnResponse:
-        """Send a prebuilt TxnRequest and get the protobuf reply (for recipes' hot paths)."""
-        return await self._kv.txn_raw(request, timeout=timeout)
-
     async def txn_batched(
         self,
         request: pb.TxnRequest,
@@ -214,8 +210,9 @@ class Client:
         timeout: float | None = None,
         urgent: bool = False,
     ) -> pb.TxnResponse:
-        """Like txn_raw, but may share one RPC with concurrent requests (see batch.py): never with one of
-        the same conflict key; and requests of one order key are applied one after the other, in order."""
+        """A prebuilt Txn for the recipes' hot path, answered as the raw reply. It may share one RPC with
+        concurrent requests (see batch.py): never with one of the same conflict key; requests of one order
+        key are applied one after the other, in call order."""
         return await self._batcher.txn(request, conflict, order, timeout, urgent=urgent)
 
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:

@@ -110,10 +110,6 @@ class KV:
         reply = await self._conn.unary(methods.TXN, txn_request(compare, success, failure), timeout)
         return txn_result(reply)
 
-    async def txn_raw(self, request: pb.TxnRequest, *, timeout: float | None = None) -> pb.TxnResponse:
-        """A prebuilt Txn, answered as the raw reply: the recipes' hot path (no builders, no conversion)."""
-        return await self._conn.unary(methods.TXN, request, timeout)
-
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
         reply = await self._conn.unary(
             methods.COMPACT, pb.CompactionRequest(revision=revision, physical=physical), timeout

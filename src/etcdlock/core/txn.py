@@ -33,6 +33,9 @@ _SORT_TARGETS = {
 }
 
 
+_Target = pb.Compare.CompareTarget
+
+
 def _result(op: str) -> pb.Compare.CompareResult:
     try:
         return _RESULTS[op]
@@ -55,52 +58,27 @@ class Compare:
 
     @classmethod
     def version(cls, key: Key, op: Operator, version: int) -> Compare:
-        return cls(
-            pb.Compare(
-                key=to_bytes(key),
-                target=pb.Compare.VERSION,
-                result=_result(op),
-                version=_int(version, "version"),
-            )
-        )
+        return cls._make(key, op, pb.Compare.VERSION, version=_int(version, "version"))
 
     @classmethod
     def create_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
-        return cls(
-            pb.Compare(
-                key=to_bytes(key),
-                target=pb.Compare.CREATE,
-                result=_result(op),
-                create_revision=_int(revision, "create_revision"),
-            )
-        )
+        return cls._make(key, op, pb.Compare.CREATE, create_revision=_int(revision, "create_revision"))
 
     @classmethod
     def mod_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
-        return cls(
-            pb.Compare(
-                key=to_bytes(key),
-                target=pb.Compare.MOD,
-                result=_result(op),
-                mod_revision=_int(revision, "mod_revision"),
-            )
-        )
+        return cls._make(key, op, pb.Compare.MOD, mod_revision=_int(revision, "mod_revision"))
 
     @classmethod
     def value(cls, key: Key, op: Operator, value: str | bytes) -> Compare:
-        return cls(
-            pb.Compare(
-                key=to_bytes(key), target=pb.Compare.VALUE, result=_result(op), value=to_bytes(value, "value")
-            )
-        )
+        return cls._make(key, op, pb.Compare.VALUE, value=to_bytes(value, "value"))
 
     @classmethod
     def lease(cls, key: Key, op: Operator, lease_id: int) -> Compare:
-        return cls(
-            pb.Compare(
-                key=to_bytes(key), target=pb.Compare.LEASE, result=_result(op), lease=_int(lease_id, "lease")
-            )
-        )
+        return cls._make(key, op, pb.Compare.LEASE, lease=_int(lease_id, "lease"))
+
+    @classmethod
+    def _make(cls, key: Key, op: Operator, target: _Target, **operand: int | bytes) -> Compare:
+        return cls(pb.Compare(key=to_bytes(key), target=target, result=_result(op), **operand))  # type: ignore[arg-type]
 
 
 def range_request(
