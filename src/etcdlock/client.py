@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from etcdlock.core.client import Client as CoreClient
+from etcdlock.diagnostics.debug_server import DebugServer
 from etcdlock.recipes.lock import Lock
 from etcdlock.recipes.session import DEFAULT_TTL, Session
 
@@ -32,6 +33,14 @@ class Client(CoreClient):
         """The lock if it is free right now, else None — without waiting and without leaving a key."""
         lock = Lock(self, name, ttl=ttl, session=session)
         return lock if await lock.try_acquire() else None
+
+    async def serve_debug(self, port: int = 0, host: str = "127.0.0.1") -> DebugServer:
+        """Start the debug HTTP endpoint (/metrics, /debug/memory, /debug/gc, /debug/tasks,
+        /debug/resources) on host:port (loopback by default; port 0 picks a free one). It closes with the
+        client, or earlier with `await server.close()`."""
+        server = await DebugServer(self, host, port).start()
+        self.add_close_hook(server.close)
+        return server
 
     def session(self, ttl: int = DEFAULT_TTL) -> Session:
         """``async with client.session(ttl) as s:`` — one lease that several locks can share."""

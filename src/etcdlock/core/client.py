@@ -286,6 +286,10 @@ class Client:
             Member(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner) for m in reply.members
         ]
 
+    @property
+    def keepalive_renewals_sent(self) -> int:
+        return self._leases.keepalive.renewals_sent if self._leases is not None else 0
+
     def spawn_owned(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a background task owned by this client (for recipes): named, listed in resources(),
         cancelled and awaited by close()."""

@@ -9,6 +9,7 @@ raises LockLost instead of CancelledError.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -18,9 +19,10 @@ from etcdlock.core.lease import check_ttl
 from etcdlock.core.tasks import shielded
 from etcdlock.core.txn import Compare, Op
 from etcdlock.core.types import TxnResult
-from etcdlock.recipes.errors import LockLost
+from etcdlock.recipes.errors import LockLost, LockTimeout
 from etcdlock.recipes.mutex import Mutex, check_lock_timeout, check_name
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, DEFAULT_TTL, Session
+from etcdlock.recipes.stats import stats_for
 
 _LOSS_CANCEL_MSG = "etcdlock: lock lost"
 
@@ -53,6 +55,8 @@ class Lock:
         self._mutex: Mutex | None = None
         self._body_task: asyncio.Task[object] | None = None
         self._cancelled_for_loss = False
+        self._stats = stats_for(client)
+        self._held_since: float | None = None
 
     # ---- the held lock ----
 
@@ -106,8 +110,24 @@ class Lock:
     # ---- acquire / release ----
 
     async def acquire(self) -> Lock:
-        await self._take(lambda m: m.acquire(self._timeout))
+        started = time.monotonic()
+        try:
+            await self._take(lambda m: m.acquire(self._timeout))
+        except LockTimeout:
+            self._stats.timeouts += 1
+            raise
+        self._acquired(time.monotonic() - started)
         return self
+
+    def _acquired(self, waited: float) -> None:
+        self._stats.acquired += 1
+        self._stats.held += 1
+        self._stats.wait.observe(waited)
+        self._held_since = time.monotonic()
+        self.mutex.add_lost_callback(self._count_loss)
+
+    def _count_loss(self, reason: str) -> None:
+        self._stats.lost += 1
 
     async def try_acquire(self) -> bool:
         ok = False
@@ -116,10 +136,14 @@ class Lock:
             nonlocal ok
             ok = await m.try_acquire()
 
+        started = time.monotonic()
         await self._take(attempt)
         if not ok:
             await self._drop()
-        return ok
+            self._stats.try_lock_busy += 1
+            return False
+        self._acquired(time.monotonic() - started)
+        return True
 
     async def _take(self, how: Callable[[Mutex], object]) -> None:
         if self._mutex is not None:
@@ -156,6 +180,11 @@ class Lock:
         """Release the lock (idempotent). Shielded from cancellation, with its own deadline."""
         if self._mutex is None or (not self._mutex.held and (self._session is None or self._session.closed)):
             return
+        if self._held_since is not None:
+            self._stats.held -= 1
+            self._stats.released += 1
+            self._stats.hold.observe(time.monotonic() - self._held_since)
+            self._held_since = None
         await self._drop()
 
     async def __aenter__(self) -> Lock:
