@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from etcdlock.cli import demo, local_etcd, lock_cmd, status_cmd
+from etcdlock.cli import demo, local_etcd, lock_cmd, soak_cmd, status_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etcdlock", description=__doc__)
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
-    for module in (lock_cmd, status_cmd, demo, local_etcd):
+    for module in (lock_cmd, status_cmd, soak_cmd, demo, local_etcd):
         module.register(sub)
     return parser
 

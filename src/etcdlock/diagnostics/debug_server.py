@@ -23,25 +23,13 @@ import urllib.parse
 from collections.abc import Callable
 
 from etcdlock.core.client import Client
-from etcdlock.diagnostics import metrics
+from etcdlock.diagnostics import memory, metrics
 from etcdlock.diagnostics.process import ProcessSnapshot
 from etcdlock.recipes.stats import stats_for
 
 _READ_TIMEOUT = 5.0
 _MAX_REQUEST = 16 * 1024
 _TRACE_FRAMES = 1
-
-
-def _by_line(snapshot: tracemalloc.Snapshot) -> dict[str, tuple[int, int]]:
-    """Bytes and blocks per allocating line. Done by hand: tracemalloc's own statistics can fail to sort
-    frames whose line number is None (seen on CPython 3.11)."""
-    sites: dict[str, tuple[int, int]] = {}
-    for trace in snapshot.traces:
-        frame = trace.traceback[0]
-        where = f"{frame.filename}:{frame.lineno or 0}"
-        size, count = sites.get(where, (0, 0))
-        sites[where] = (size + trace.size, count + 1)
-    return sites
 
 
 class DebugServer:
@@ -133,10 +121,7 @@ class DebugServer:
         if not tracemalloc.is_tracing():
             tracemalloc.start(_TRACE_FRAMES)
             out.write("tracemalloc was off: started now; allocations from here on are traced\n")
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)]
-        )
-        now = _by_line(snapshot)
+        now = memory.sites()
         if self._baseline is None or query.get("reset", ["0"])[0] not in ("", "0"):
             self._baseline = now
             out.write("baseline set\n")
@@ -145,13 +130,8 @@ class DebugServer:
         for where, (size, count) in sorted(now.items(), key=lambda kv: -kv[1][0])[:25]:
             out.write(f"  {size:>12} {count:>8}  {where}\n")
         out.write("\ngrowth since baseline (bytes, blocks):\n")
-        growth = {
-            k: (v[0] - self._baseline.get(k, (0, 0))[0], v[1] - self._baseline.get(k, (0, 0))[1])
-            for k, v in now.items()
-        }
-        for where, (size, count) in sorted(growth.items(), key=lambda kv: -kv[1][0])[:25]:
-            if size > 0:
-                out.write(f"  {size:>+12} {count:>+8}  {where}\n")
+        for where, size, count in memory.growth(self._baseline, now, top=25):
+            out.write(f"  {size:>+12} {count:>+8}  {where}\n")
         return "text/plain", out.getvalue()
 
     def _gc(self, query: dict[str, list[str]]) -> tuple[str, str]:

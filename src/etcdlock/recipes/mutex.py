@@ -134,21 +134,29 @@ class Mutex:
         check_lock_timeout(timeout)
         self._claim_name()
         deadline = asyncio.timeout(timeout)
+        queue = self._queue
+        assert queue is not None
+        queue.begin_acquire()
         try:
             async with deadline:
                 await self._acquire()
         except BaseException as e:
+            queue.end_acquire()
             await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
             if deadline.expired() and isinstance(e, TimeoutError):
                 raise LockTimeout(
                     f"lock {self.name!r} not acquired within {timeout:g}s; nothing was left behind"
                 ) from None
             raise
+        queue.end_acquire()
         self._held = True
 
     async def try_acquire(self) -> bool:
         """Take the lock only if it is free right now; never waits and leaves no key behind if not."""
         self._claim_name()
+        queue = self._queue
+        assert queue is not None
+        queue.begin_acquire()
         try:
             my_rev, _, below, complete = await self._create_key()
             await self._watching_my_key(my_rev)
@@ -156,8 +164,10 @@ class Mutex:
                 _, below, complete = await self._lower_keys(my_rev)
             free = not below and complete
         except BaseException:
+            queue.end_acquire()
             await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
             raise
+        queue.end_acquire()
         if not free:
             await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
             return False

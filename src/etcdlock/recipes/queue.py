@@ -9,7 +9,8 @@ order, so when the last key below mine is reported deleted, a deletion of my own
 been reported: "all keys below mine are gone and mine is not" needs no extra read.
 
 Deletions that arrive before a waiter registers its keys (the watch event can overtake the reply of the read
-that found them) are kept for a short while in `recent`, so registering never misses one.
+that found them) are kept in `recent`, so registering never misses one. Only an acquisition in progress can
+need them, so they are kept only while one is (`acquiring`), and dropped when the last one finishes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class NameWatch:
         self._by_key: dict[bytes, set[Interest]] = {}
         self._own: dict[bytes, Interest] = {}
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
+        self.acquiring = 0  # local acquisitions between their first read and their outcome
         self.events = 0
         self.watcher = self._new_watcher()
         self._task = client.spawn_owned(self._supervise(), f"lock-queue:{name}")
@@ -156,9 +158,18 @@ class NameWatch:
                     self._unwait(interest)
                     interest.turn.set()
 
+    def begin_acquire(self) -> None:
+        self.acquiring += 1
+
+    def end_acquire(self) -> None:
+        self.acquiring -= 1
+        if not self.acquiring:
+            self.recent.clear()
+
     def _dispatch(self, key: bytes, revision: int) -> None:
         self.events += 1
-        self.recent.append((revision, key))
+        if self.acquiring:
+            self.recent.append((revision, key))
         owner = self._own.get(key)
         if owner is not None:
             owner.on_own_deleted(revision)
