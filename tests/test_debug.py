@@ -58,6 +58,8 @@ async def test_every_route_answers_and_metrics_match(
         families = {f.name: f for f in text_string_to_metric_families(text)}
         samples = {s.name: s.value for f in families.values() for s in f.samples if not s.labels}
         assert families["etcdlock_lock_wait_seconds"].type == "histogram"
+        assert families["etcdlock_locks_acquired"].type == "counter"
+        assert "etcdlock_locks_acquired_total" not in families, "a counter was split into two families"
         assert samples["etcdlock_lock_wait_seconds_count"] == 5  # 3 x a, b, c
         assert samples["etcdlock_lock_hold_seconds_count"] == 5
         assert samples["etcdlock_locks_acquired_total"] == 5

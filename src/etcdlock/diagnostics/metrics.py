@@ -20,9 +20,11 @@ def _histogram(out: list[str], name: str, help_text: str, h: Histogram) -> None:
 
 
 def _single(out: list[str], name: str, kind: str, help_text: str, value: float) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    out.append(f"{name}{'_total' if kind == 'counter' else ''} {value:g}")
+    # Classic text format: a counter's TYPE line names the sample itself, `_total` included.
+    full = f"{name}_total" if kind == "counter" else name
+    out.append(f"# HELP {full} {help_text}")
+    out.append(f"# TYPE {full} {kind}")
+    out.append(f"{full} {value:g}")
 
 
 def render(client: Client) -> str:

@@ -409,6 +409,9 @@ class Mutex:
             self.session.names.discard(self.name)
 
     def _leave_queue(self) -> None:
+        # After this no loss can be reported, so the callbacks go too: they point back at their owners
+        # (the Lock), and keeping them would make every released lock garbage for the cyclic GC.
+        self._lost_callbacks.clear()
         self.session.keeper.remove_lost_callback(self._on_session_lost)
         queue, interest, self._queue, self._interest = self._queue, self._interest, None, None
         if queue is not None and interest is not None:
