@@ -283,17 +283,7 @@ def chart(samples: list[Sample], path: str, title: str) -> None:
     top.set_ylim(bottom=0)
     top.legend(loc="upper left")
     top.set_title(title)
-    for name in (
-        "tasks",
-        "fds",
-        "threads",
-        "watch_streams",
-        "watchers",
-        "keepalive_leases",
-        "server_watch_streams",
-        "server_watchers",
-        "server_leases",
-    ):
+    for name in RESOURCES:
         bottom.plot(xs, [getattr(s, name) for s in samples], label=name)
     bottom.set_xlabel("lock cycles")
     bottom.set_ylabel("count")
