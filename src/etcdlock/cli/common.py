@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from etcdlock.testing import EtcdCluster
 
@@ -28,12 +28,14 @@ def given_endpoints(args: argparse.Namespace) -> list[str]:
 
 
 @contextlib.contextmanager
-def endpoints_or_local(args: argparse.Namespace, say: bool = True) -> Iterator[list[str]]:
+def endpoints_or_local(
+    args: argparse.Namespace, say: bool = True, etcd_args: Sequence[str] = ()
+) -> Iterator[list[str]]:
     """The endpoints given, or those of a local etcd started now and stopped (by PID) on the way out."""
     if args.endpoints:
         yield [e.strip() for e in args.endpoints.split(",") if e.strip()]
         return
-    with EtcdCluster(1) as cluster:
+    with EtcdCluster(1, extra_args=etcd_args) as cluster:
         if say:
             member = cluster.members[0]
             print(f"started a throwaway etcd at {member.endpoint} (pid {member.pid})", flush=True)

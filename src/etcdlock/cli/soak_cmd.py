@@ -20,6 +20,8 @@ from etcdlock.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.diagnostics.soak import MB, Sample, Soak, SoakConfig, Verdict, chart
 
+_LOCAL_ETCD = ("--auto-compaction-mode=periodic", "--auto-compaction-retention=1m")
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         trace=not args.no_trace,
     )
     try:
-        with endpoints_or_local(args) as endpoints:
+        # A long soak writes millions of revisions; like any production etcd, the throwaway one compacts.
+        with endpoints_or_local(args, etcd_args=_LOCAL_ETCD) as endpoints:
             return asyncio.run(_soak(args, config, endpoints))
     except (EtcdError, ConfigError) as e:
         print(f"etcdlock: {e}", file=sys.stderr)
