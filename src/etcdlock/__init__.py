@@ -14,6 +14,7 @@ from etcdlock.core.errors import (
     LeaseNotFoundError,
     PermissionDeniedError,
     ServerError,
+    TTLBelowMinimumError,
     WatchError,
     WatchOverflowError,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "SyncLock",
     "SyncWatch",
     "TLSConfig",
+    "TTLBelowMinimumError",
     "TxnResult",
     "WatchError",
     "WatchEvent",

@@ -297,6 +297,14 @@ class SyncLock:
     def is_owner(self) -> Compare:
         return self._lock.is_owner()
 
+    def ensure_held(self) -> None:
+        """Raise LockLost unless the lock is still mine at this moment (see Lock.ensure_held)."""
+
+        async def check() -> None:  # on the loop thread: it may fire the loss, which touches loop objects
+            self._lock.ensure_held()
+
+        self._client._call(check())
+
     def txn(
         self,
         compare: list[Compare],

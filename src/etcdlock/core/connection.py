@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from etcdlock.core.errors import (
     PermissionDeniedError,
     ServerError,
 )
+from etcdlock.core.tasks import backoff
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -43,6 +44,43 @@ _AUTH_FAILED = "etcdserver: authentication failed"
 _AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
 _LEASE_NOT_FOUND = "requested lease not found"
 _COMPACTED = "required revision has been compacted"
+
+# gRPC's texts for a failed TLS set-up (they arrive inside an UNAVAILABLE error), each with what it most
+# likely means. The first match wins.
+_TLS_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("Hostname Verification Check failed",),
+        "TLS handshake failed: the server's certificate is not for this host name "
+        "(wrong server name? see TLSConfig.server_name)",
+    ),
+    (
+        ("CERTIFICATE_VERIFY_FAILED", "Tls handshake failed", "SSL_ERROR_SSL"),
+        "TLS handshake failed: the server's certificate could not be verified (wrong CA?)",
+    ),
+    (
+        ("TSI_DATA_CORRUPTED",),
+        "TLS failed after the handshake: the server refused the connection "
+        "(no client certificate, or one it does not trust?)",
+    ),
+    (
+        ("Handshake read failed",),
+        "TLS handshake failed: the server closed the connection (does it serve TLS at all?)",
+    ),
+)
+
+
+def _tls_failure(details: str) -> str | None:
+    """What a gRPC error's details say went wrong in TLS, or None if they are not about TLS."""
+    for signs, meaning in _TLS_FAILURES:
+        if any(sign in details for sign in signs):
+            return meaning
+    return None
+
+
+def _explained(details: str) -> str:
+    meaning = _tls_failure(details)
+    return f"{meaning}: {details}" if meaning else details
+
 
 # Codes on which another endpoint (or the same one, a moment later) may succeed.
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -112,7 +150,7 @@ def translate(error: grpc.aio.AioRpcError, where: str) -> EtcdError:
     """Turn a gRPC error into the specific etcdlock error, naming where it happened."""
     code = error.code()
     details = error.details() or ""
-    msg = f"{details} (code {code.name}, {where})"
+    msg = f"{_explained(details) if code in _RETRY_CODES else details} (code {code.name}, {where})"
     if _LEASE_NOT_FOUND in details:
         return LeaseNotFoundError(msg, lease_id=0)
     if _COMPACTED in details:
@@ -122,7 +160,10 @@ def translate(error: grpc.aio.AioRpcError, where: str) -> EtcdError:
         if _USER_EMPTY in details:
             hint = "; the server has auth enabled: pass username= and password="
         elif _AUTH_NOT_ENABLED in details:
-            hint = "; the server does not have auth enabled: drop username/password"
+            hint = (
+                "; the server does not have auth enabled, so the username/password given were not used: "
+                "drop them, or enable auth on the server"
+            )
         return AuthError(msg + hint)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(msg)
@@ -168,6 +209,7 @@ class Connection:
         self._password = password
         self.default_timeout = default_timeout
         self._current = 0
+        self._failure_listeners: list[Callable[[str], None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
         self._token: str | None = None
@@ -188,9 +230,16 @@ class Connection:
         return len(self._channels)
 
     def report_failure(self, endpoint: str) -> None:
-        """An endpoint failed us: move on, unless someone already did."""
+        """An endpoint failed us: move on, unless someone already did. Streams still open there are told,
+        so they move too: a member that stopped answering one call is not trusted with the others."""
         if self.endpoints[self._current] == endpoint and len(self.endpoints) > 1:
             self._current = (self._current + 1) % len(self.endpoints)
+            for listener in list(self._failure_listeners):
+                listener(endpoint)
+
+    def add_failure_listener(self, fn: Callable[[str], None]) -> None:
+        """fn(endpoint) runs when the client moves away from a failed endpoint."""
+        self._failure_listeners.append(fn)
 
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         if self._closed:
@@ -276,20 +325,24 @@ class Connection:
             except grpc.aio.AioRpcError as e:
                 details = e.details() or ""
                 if e.code() in _RETRY_CODES:
-                    last = f"{details} at {endpoint}"
+                    last = f"{_explained(details)} at {endpoint}"
                     failures += 1
                     self.report_failure(endpoint)
                     if failures % len(self.endpoints) == 0:
                         # Every endpoint failed once more: back off before the next round.
-                        pause = min(0.05 * 2 ** (failures // len(self.endpoints)), 1.0)
+                        pause = backoff(failures // len(self.endpoints))
                         await asyncio.sleep(min(pause * random.uniform(0.5, 1.0), max(0.0, remaining)))
                     continue
                 if _INVALID_TOKEN in details and not token_retried:
                     token_retried = True
                     self.invalidate_token()
                     continue
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and failures:
-                    continue  # loop head turns this into ConnectionFailedError with the real cause
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if failures:
+                        continue  # loop head turns this into ConnectionFailedError with the real cause
+                    # No answer in time: maybe slow, maybe cut off (no error comes from a black hole).
+                    # The call is not retried (it may have been applied), but the next one goes elsewhere.
+                    self.report_failure(endpoint)
                 raise translate(e, f"{method.name} at {endpoint}") from None
             except (ConnectionFailedError, EtcdTimeoutError) as e:
                 # Raised while authenticating: treat like the RPC itself failing.

@@ -11,6 +11,20 @@ class ConfigError(EtcdError, ValueError):
     """Bad input given to the library (bad endpoint, TTL, name, timeout ...); nothing was sent."""
 
 
+class TTLBelowMinimumError(ConfigError):
+    """The lease TTL asked for is below the server's minimum lease TTL.
+
+    etcd silently raises such a TTL to its minimum (1.5 x its election timeout, rounded up to whole
+    seconds), so a lease would outlive what the caller asked for. Unlike other ConfigErrors this is only
+    found out by asking the server: the lease it granted has been revoked again before this is raised.
+    """
+
+    def __init__(self, message: str, *, ttl: int, minimum: int) -> None:
+        super().__init__(message)
+        self.ttl = ttl
+        self.minimum = minimum
+
+
 class ClientClosedError(EtcdError):
     """The client was closed; no further calls are possible."""
 

@@ -22,7 +22,7 @@ from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection, translate
 from etcdlock.core.errors import ConfigError, LeaseNotFoundError
-from etcdlock.core.tasks import TaskOwner
+from etcdlock.core.tasks import TaskOwner, backoff
 from etcdlock.core.types import Header, LeaseGrant, LeaseTimeToLive
 
 log = logging.getLogger("etcdlock.lease")
@@ -60,12 +60,34 @@ class KeepAlive:
         return max(self.ttl / 3.0, 0.2)
 
     @property
+    def stall_after(self) -> float:
+        """How long a renewal may go unanswered before the stream counts as stalled: half the renewal
+        interval, so a retry on another member still lands well inside the TTL."""
+        return min(max(self.interval / 2.0, 0.5), 5.0)
+
+    def wake_at(self) -> float:
+        """When the scheduler must look at this lease next: renewal due, stall check, or deadline."""
+        t = min(self.next_send, self.expires_at)
+        if self.sent_at is not None:
+            t = min(t, self.sent_at + self.stall_after)
+        return t
+
+    @property
     def active(self) -> bool:
         return not self.lost.is_set() and self._manager.is_registered(self)
 
     def remaining(self) -> float:
         """Seconds until the local deadline (negative once passed)."""
         return self.expires_at - asyncio.get_running_loop().time()
+
+    def check(self) -> bool:
+        """True while the lease is alive by the local deadline, checked now, not at the next timer tick.
+
+        After the process was stopped (SIGSTOP, a long GC pause, a blocked loop) the scheduler's timer has
+        not run yet, but the clock has moved on: this fires `lost` at once if the deadline has passed."""
+        if self.lost_reason is None and self.remaining() <= 0 and self._manager.is_registered(self):
+            self._manager._lose(self, f"no successful keepalive within the TTL ({self.ttl}s)")
+        return self.lost_reason is None
 
     def add_lost_callback(self, fn: Callable[[str], None]) -> None:
         """fn(reason) runs once when the lease is lost (at once if already lost). Not on stop()."""
@@ -111,6 +133,8 @@ class KeepAliveManager:
         self._runner: asyncio.Task[Any] | None = None
         self._streams_open = 0
         self.renewals_sent = 0
+        self.stalls = 0  # streams abandoned because renewals went unanswered
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._replies_since_open = 0
         self._closed = False
 
@@ -125,6 +149,7 @@ class KeepAliveManager:
             raise ConfigError(f"lease {lease_id:x} is already kept alive by this client")
         keeper = KeepAlive(self, lease_id, ttl, granted_at)
         self._registry[lease_id] = keeper
+        self._arm_deadline(keeper.expires_at)
         if self._runner is None:
             self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
         self._wake.set()
@@ -137,6 +162,28 @@ class KeepAliveManager:
         if self._registry.get(keeper.id) is keeper:
             del self._registry[keeper.id]
             self._wake.set()
+
+    # ---- local deadlines ----
+    # A loop timer, not the scheduler task, declares leases lost: the scheduler may be held up in a stream
+    # write to a member that stopped reading, and the loss must be on time regardless.
+
+    def _arm_deadline(self, at: float) -> None:
+        timer = self._deadline_timer
+        if timer is not None and timer.when() <= at:
+            return  # an earlier check is already due; it re-arms for the rest
+        if timer is not None:
+            timer.cancel()
+        self._deadline_timer = asyncio.get_running_loop().call_at(at, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        now = asyncio.get_running_loop().time()
+        for keeper in list(self._registry.values()):
+            if keeper.expires_at <= now:
+                self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
+        if self._registry:
+            # Renewals only ever push deadlines later, so the next check is at the earliest one now.
+            self._arm_deadline(min(k.expires_at for k in self._registry.values()))
 
     def _lose(self, keeper: KeepAlive, reason: str) -> None:
         self.unregister(keeper)
@@ -166,6 +213,14 @@ class KeepAliveManager:
                         self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
                 if not self._registry:
                     break
+                if call is not None and self._stalled(now):
+                    # Renewals go unanswered: the member is cut off or hung (a black-holed connection
+                    # raises no error for a long time). Move to another member before the TTL runs out.
+                    log.info("keepalive stream at %s stopped answering; moving on", endpoint)
+                    self._conn.report_failure(endpoint)
+                    self.stalls += 1
+                    call, reader = await self._close_stream(call, reader)
+                    failures += 1
                 if reader is not None and reader.done():
                     # The stream ended under us: drop it; leases keep their local deadlines meanwhile.
                     exc = None if reader.cancelled() else reader.exception()
@@ -176,7 +231,7 @@ class KeepAliveManager:
                     failures += 1
                 if call is None:
                     if failures:
-                        await self._pause(min(0.05 * 2**failures, 1.0))
+                        await self._pause(backoff(failures))
                         if not self._registry or self._closed:
                             break
                     try:
@@ -205,7 +260,7 @@ class KeepAliveManager:
                     continue  # the reader sees the failure too; the loop head reopens
                 if self._replies_since_open:
                     failures = 0  # the stream works again: reset the backoff
-                wake_at = min((min(k.next_send, k.expires_at) for k in self._registry.values()), default=now)
+                wake_at = min((k.wake_at() for k in self._registry.values()), default=now)
                 await self._pause(wake_at - loop.time())
         finally:
             await self._close_stream(call, reader)
@@ -214,6 +269,11 @@ class KeepAliveManager:
             # Registered again while we were closing down: hand over to a fresh runner.
             if self._registry and not self._closed and self._runner is None:
                 self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
+
+    def _stalled(self, now: float) -> bool:
+        return any(
+            k.sent_at is not None and now - k.sent_at >= k.stall_after for k in self._registry.values()
+        )
 
     async def _pause(self, seconds: float) -> None:
         """Wait until woken (a lease registered or left, the stream failed) or seconds pass."""
@@ -260,6 +320,9 @@ class KeepAliveManager:
         """Stop keeping every lease alive (no revoke) and end the stream. Idempotent."""
         self._closed = True
         self._registry.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._wake.set()
         runner = self._runner
         if runner is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Coroutine
 from typing import Any
+
+log = logging.getLogger("etcdlock.tasks")
 
 
 class TaskOwner:
@@ -39,6 +42,12 @@ class TaskOwner:
                 t.exception()
 
 
+def backoff(failures: int, base: float = 0.05, cap: float = 1.0) -> float:
+    """Seconds to wait after `failures` consecutive failures: doubling from base, at most cap. The
+    exponent is bounded too: a partition can run up thousands of failures (2**1024 overflows a float)."""
+    return min(base * 2.0 ** min(failures, 16), cap)
+
+
 async def shielded(coro: Coroutine[Any, Any, Any], timeout: float) -> None:
     """Run cleanup that must happen: shielded from the caller's cancellation, bounded by its own deadline.
 
@@ -58,3 +67,7 @@ async def shielded(coro: Coroutine[Any, Any, Any], timeout: float) -> None:
         with contextlib.suppress(BaseException):
             await task
         raise
+    except TimeoutError:
+        # Cleanup that misses its own deadline (etcd unreachable, a leader election) is not the caller's
+        # error: what it could not give back is on a lease and goes when the lease's TTL runs out.
+        log.warning("cleanup did not finish within %gs; the lease's TTL will remove what is left", timeout)

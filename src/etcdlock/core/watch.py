@@ -37,7 +37,7 @@ from etcdlock.core.errors import (
     WatchError,
     WatchOverflowError,
 )
-from etcdlock.core.tasks import TaskOwner
+from etcdlock.core.tasks import TaskOwner, backoff
 from etcdlock.core.types import EventType, Key, KeyValue, WatchEvent, key_range, to_bytes
 
 log = logging.getLogger("etcdlock.watch")
@@ -255,6 +255,7 @@ class _WatchStream:
         self._fragments: dict[int, list[WatchEvent]] = {}
         self._wake = asyncio.Event()
         self.closing = False
+        self.abandon = False  # set when the connection gave up on this stream's endpoint
         self.endpoint = ""
         self.generations = 0
         self.cancels_sent = 0
@@ -298,6 +299,11 @@ class _WatchStream:
         self.closing = True
         self._wake.set()
 
+    def endpoint_failed(self, endpoint: str) -> None:
+        if endpoint == self.endpoint:
+            self.abandon = True
+            self._wake.set()
+
     # ---- runner: open, write, resume ----
 
     async def _run(self) -> None:
@@ -306,6 +312,14 @@ class _WatchStream:
         failures = 0
         try:
             while not self.closing:
+                if self.abandon and call is not None:
+                    # Another call found this member unresponsive; this stream may be just as cut off
+                    # without knowing it (a black hole sends no error). Resume elsewhere; nothing is lost.
+                    log.info("leaving watch stream at %s: the member failed another call", self.endpoint)
+                    call, reader = await self._drop(call, reader)
+                    self._requeue()
+                    failures += 1
+                self.abandon = False
                 if reader is not None and reader.done():
                     exc = None if reader.cancelled() else reader.exception()
                     detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
@@ -321,7 +335,7 @@ class _WatchStream:
                     failures += 1
                 if call is None:
                     if failures:
-                        await self._pause(min(0.05 * 2**failures, 1.0))
+                        await self._backoff(backoff(failures))
                         if self.closing:
                             break
                     try:
@@ -378,6 +392,17 @@ class _WatchStream:
         self._fragments.clear()
         self.inflight, self.inflight_abandoned = None, False
         self.pending = deque(sorted((w for w in live if not w.done), key=lambda w: w.seq))
+
+    async def _backoff(self, seconds: float) -> None:
+        """Wait before reopening a failed stream: the full time (unlike _pause, which returns at once while
+        watchers wait to be created, and so would spin), unless the stream is closed meanwhile."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while not self.closing and (left := until - loop.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
 
     async def _pause(self, seconds: float | None, reader: asyncio.Task[Any] | None = None) -> None:
         self._wake.clear()
@@ -498,6 +523,11 @@ class Watches:
         self._streams: dict[str, _WatchStream] = {}
         self._closing: set[_WatchStream] = set()
         self._closed = False
+        conn.add_failure_listener(self._endpoint_failed)
+
+    def _endpoint_failed(self, endpoint: str) -> None:
+        for stream in self._streams.values():
+            stream.endpoint_failed(endpoint)
 
     def watch(
         self,

@@ -91,6 +91,12 @@ class Lock:
     def held(self) -> bool:
         return self._mutex is not None and self._mutex.held
 
+    def ensure_held(self) -> None:
+        """Raise LockLost unless the lock is still mine at this moment (see Mutex.ensure_held)."""
+        if self._mutex is None:
+            raise LockLost(f"lock {self.name!r} is not held")
+        self._mutex.ensure_held()
+
     def is_owner(self) -> Compare:
         return self.mutex.is_owner()
 
@@ -111,8 +117,13 @@ class Lock:
 
     async def acquire(self) -> Lock:
         started = time.monotonic()
+
+        def remaining() -> float | None:
+            # The lock's timeout covers the whole acquire: the lease grant and the wait in the queue.
+            return None if self._timeout is None else max(0.0, self._timeout - (time.monotonic() - started))
+
         try:
-            await self._take(lambda m: m.acquire(self._timeout))
+            await self._take(lambda m: m.acquire(remaining()))
         except LockTimeout:
             self._stats.timeouts += 1
             raise
@@ -151,7 +162,11 @@ class Lock:
         if self._own_session:
             self._session = Session(self._client, self._ttl)
             try:
-                await self._session.start()
+                # The grant is one call: the client's call timeout, or the lock's timeout if that is shorter.
+                grant_timeout = self._client.default_timeout
+                if self._timeout:
+                    grant_timeout = min(grant_timeout, self._timeout)
+                await self._session.start(timeout=grant_timeout)
             except BaseException:
                 await shielded(self._session.close(), CLEANUP_TIMEOUT)
                 raise

@@ -103,6 +103,17 @@ class Mutex:
     def lease(self) -> int:
         return self.session.lease_id
 
+    def ensure_held(self) -> None:
+        """Raise LockLost unless the lock is held right now, by the lease's local deadline read from the
+        clock at this moment (not by the last timer tick, which a stopped process has not seen yet).
+
+        Call it before each step that acts on what the lock protects: a process resumed after a pause
+        past its TTL learns here that it lost the lock, before doing more work."""
+        if self._held and self.lost_reason is None and not self.session.keeper.check():
+            self._on_session_lost(self.session.keeper.lost_reason or "lease lost")
+        if not self._held or self.lost_reason is not None:
+            raise LockLost(self._lost_message() if self.lost_reason else f"lock {self.name!r} is not held")
+
     def is_owner(self) -> Compare:
         """A compare that holds only while this lock is mine; put it in your own Txn."""
         if not self.token:

@@ -1,23 +1,36 @@
 """A session: one lease, kept alive on the client's shared keepalive stream, revoked when the session ends.
 
 Locks hang their keys on a session's lease, so ending the session (or losing it) ends every lock on it.
-A session whose start fails half-way revokes the lease it was granted: nothing is left behind.
+A session whose start fails half-way revokes the lease it was granted: nothing is left behind. So does a
+session whose TTL the server raised (etcd silently raises a TTL below its minimum lease TTL): it raises
+TTLBelowMinimumError rather than hold a lease that outlives what was asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from types import TracebackType
 
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
-from etcdlock.core.errors import ConfigError, EtcdError
+from etcdlock.core.errors import (
+    ConfigError,
+    ConnectionFailedError,
+    EtcdError,
+    EtcdTimeoutError,
+    ServerError,
+    TTLBelowMinimumError,
+)
 from etcdlock.core.lease import KeepAlive, check_ttl
 from etcdlock.core.tasks import shielded
 from etcdlock.core.types import LeaseGrant
 
 log = logging.getLogger("etcdlock.session")
+
+_LEASE_EXISTS = "lease already exists"
 
 DEFAULT_TTL = 10
 # Cleanup (revoke) gets its own deadline, independent of whatever deadline the caller was under.
@@ -65,15 +78,36 @@ class Session:
         sent_at = loop.time()
         # The grant runs in a task of its own: if we are cancelled while it is in flight, it is let finish
         # and the lease it got is revoked, so a cancelled start leaves no lease behind.
-        granting = loop.create_task(
-            self._client.grant(self.ttl, timeout=timeout), name="etcdlock:lease-grant"
-        )
+        # The lease ID is chosen here, not by etcd: when a grant's reply is lost (the member died after
+        # applying it, a timeout) the ID is still known, so the lease can be revoked at once instead of
+        # lingering for its TTL.
+        lease_id = secrets.randbits(63) or 1
+        granting = loop.create_task(self._grant(lease_id, timeout), name="etcdlock:lease-grant")
         try:
             grant = await asyncio.shield(granting)
         except asyncio.CancelledError:
-            await shielded(self._undo_grant(granting), CLEANUP_TIMEOUT)
+            await shielded(self._undo_grant(granting, lease_id), CLEANUP_TIMEOUT)
+            raise
+        except (EtcdTimeoutError, ConnectionFailedError):
+            # Maybe granted, maybe not: revoke the ID in the background (etcd says "not found" if it never
+            # was), so the caller gets its error now and no lease is left either way.
+            self._closed = True
+            self._client.spawn_owned(self._revoke_unconfirmed(lease_id), "revoke-unconfirmed-lease")
             raise
         self.lease_id = grant.id
+        if grant.ttl > self.ttl:
+            # etcd raised a TTL below its minimum lease TTL without a word: the lease (and every lock on it)
+            # would outlive what was asked for by that much after a crash. Give the lease back and refuse.
+            endpoint = self._client.current_endpoint
+            self._closed = True  # nothing more to do for close(): the revoke below runs to its end anyway
+            await shielded(self._revoke(), CLEANUP_TIMEOUT)
+            raise TTLBelowMinimumError(
+                f"ttl={self.ttl} s is below the minimum lease TTL of etcd at {endpoint} ({grant.ttl} s, "
+                f"1.5 x its election timeout): etcd granted {grant.ttl} s instead, so lease "
+                f"{grant.id:x} was revoked again; use ttl >= {grant.ttl}",
+                ttl=self.ttl,
+                minimum=grant.ttl,
+            )
         try:
             self._keeper = self._client.keep_alive(grant.id, grant.ttl, granted_at=sent_at)
         except BaseException:
@@ -81,14 +115,31 @@ class Session:
             raise
         return self
 
-    async def _undo_grant(self, granting: asyncio.Task[LeaseGrant]) -> None:
+    async def _grant(self, lease_id: int, timeout: float | None) -> LeaseGrant:
+        try:
+            return await self._client.grant(self.ttl, lease_id=lease_id, timeout=timeout)
+        except ServerError as e:
+            if _LEASE_EXISTS not in str(e):
+                raise
+        # The client retried the grant on another member after the first try's reply was lost, and the
+        # first try had gone through: the lease is ours. Its TTL is the one etcd granted.
+        ttl = await self._client.time_to_live(lease_id, timeout=timeout)
+        return LeaseGrant(header=ttl.header, id=lease_id, ttl=ttl.granted_ttl)
+
+    async def _undo_grant(self, granting: asyncio.Task[LeaseGrant], lease_id: int) -> None:
         try:
             grant = await granting
+        except (EtcdTimeoutError, ConnectionFailedError):
+            grant = None  # maybe granted: revoke the ID we asked for
         except Exception:
-            return  # no lease was granted
-        self.lease_id = grant.id
+            return  # refused: no lease was granted
+        self.lease_id = grant.id if grant is not None else lease_id
         await self._revoke()
         self._closed = True
+
+    async def _revoke_unconfirmed(self, lease_id: int) -> None:
+        with contextlib.suppress(EtcdError):
+            await self._client.revoke(lease_id, timeout=CLEANUP_TIMEOUT)
 
     async def close(self) -> None:
         """Stop the keepalive and revoke the lease (shielded, own deadline). Idempotent."""

@@ -20,6 +20,7 @@ from etcdlock.testing.etcd import (
     free_port,
     parse_prometheus_text,
 )
+from etcdlock.testing.proxy import FaultProxy
 
 __all__ = [
     "INSTALL_HINT",
@@ -29,6 +30,7 @@ __all__ = [
     "EtcdNotInstalledError",
     "EtcdStartError",
     "EtcdTimeoutError",
+    "FaultProxy",
     "ServerTLS",
     "find_etcd_binary",
     "find_etcdctl_binary",

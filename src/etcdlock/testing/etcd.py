@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 __all__ = [
     "INSTALL_HINT",
@@ -340,6 +340,34 @@ class _Spawner:
 
 
 _SPAWNER = _Spawner()
+
+
+def spawn_child(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a helper process (a test's worker, say) that is SIGKILLed if we die: forked from the same
+    long-lived thread as etcd, with PR_SET_PDEATHSIG. The caller owns it and stops it by PID."""
+    preexec = _make_preexec_fn()
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            cwd=cwd,
+            env=env,
+            preexec_fn=preexec,
+        )
+
+    return _SPAWNER.spawn(popen)
+
 
 # Members with a live (unreaped) process; killed by the atexit hook if still there.
 _LIVE: set[EtcdMember] = set()

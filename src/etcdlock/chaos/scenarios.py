@@ -1,0 +1,171 @@
+"""The fault schedules. Each injects its fault while the workers contend, heals it, and marks both moments;
+the checker does the rest. Durations are the faults' own lengths (a pause must outlast the TTL)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from etcdlock.chaos.checker import FaultContext, pause_a_holder
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    inject: Callable[[FaultContext], None]
+
+
+def leader_killed(ctx: FaultContext) -> None:
+    leader = ctx.fc.cluster.leader()
+    ctx.mark_fault()
+    leader.kill()
+    ctx.fc.cluster.wait_healthy(timeout=30, only_running=True)  # a new leader among the other two
+    ctx.hold(2.0)
+    leader.start()
+    ctx.fc.cluster.wait_healthy(timeout=30)
+    ctx.mark_healed()
+
+
+def member_in_use_killed(ctx: FaultContext) -> None:
+    member = ctx.fc.member_in_use()
+    ctx.mark_fault()
+    member.kill()
+    ctx.hold(3.0)
+    member.start()
+    ctx.fc.cluster.wait_healthy(timeout=30)
+    ctx.mark_healed()
+
+
+def member_restarted(ctx: FaultContext) -> None:
+    member = ctx.fc.member_in_use()
+    ctx.mark_fault()
+    member.stop()
+    member.start()
+    ctx.fc.cluster.wait_healthy(timeout=30)
+    ctx.mark_healed()
+
+
+def client_cut_off(ctx: FaultContext) -> None:
+    """Black-hole the proxy in front of the member every client uses: packets vanish, no error comes.
+    Clients must notice the silence, move to another member, and their waiters' watches must resume
+    there without missing the deletion of the key they wait on; so work goes on during the cut."""
+    proxy = ctx.fc.proxy_for(ctx.fc.member_in_use())
+    ctx.mark_fault()
+    proxy.blackhole()
+    cut = time.monotonic()
+    ctx.wait(
+        lambda: all(
+            sum(1 for e in ctx.events.of("acquire") if e["name"] == n and e["t"] > cut) >= 3
+            for n in ctx.names
+        ),
+        45,
+        "every lock to be acquired 3 times through the other members while the first is cut off",
+    )
+    first = min(e["t"] for e in ctx.events.of("acquire") if e["t"] > cut)
+    ctx.checks.append(
+        f"work went on during the cut (first acquisition {first - cut:.1f}s in, "
+        f"3 per lock by {time.monotonic() - cut:.1f}s)"
+    )
+    proxy.pass_through()
+    ctx.mark_healed()
+
+
+def holder_paused(ctx: FaultContext) -> None:
+    """SIGSTOP a holder past its TTL. Another process must get the lock meanwhile; on SIGCONT the holder
+    must learn it lost the lock before writing again (the checker's write-after-lost/overlap rules)."""
+    ctx.mark_fault()
+    worker, name, _, token = pause_a_holder(ctx)
+    paused = time.monotonic()
+    ctx.wait(
+        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
+        ctx.cfg.ttl + 20,
+        f"another process to take {name} from the paused {worker}",
+    )
+    taken_by = next(e for e in ctx.events.of("acquire") if e["name"] == name and e["token"] > token)
+    ctx.hold(0.5)  # stay stopped a little longer, while the new holder works
+    resumed = time.monotonic()
+    ctx.worker(worker).resume()
+    ctx.pauses.append((worker, paused, resumed))
+    ctx.checks.append(f"{taken_by['worker']} held {name} while {worker} was stopped")
+
+    def learned() -> bool:
+        return any(
+            e["worker"] == worker
+            and e.get("name") == name
+            and e.get("token") == token
+            and e["ev"] in ("lost", "stopped")
+            for e in ctx.events.all()
+        )
+
+    ctx.wait(learned, 15, f"the resumed {worker} to learn it lost {name}")
+    ctx.checks.append(f"{worker} learned it lost {name} after SIGCONT")
+    ctx.mark_healed()
+
+
+def holder_killed(ctx: FaultContext) -> None:
+    """SIGKILL a holder: nothing is given back, the lease expires after its TTL, the next waiter gets the
+    lock; the leftover check waits for that expiry."""
+    ctx.mark_fault()
+    worker, name, _, token = pause_a_holder(ctx, kill=True)
+    ctx.wait(
+        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
+        ctx.cfg.ttl + 20,
+        f"another process to take {name} from the killed {worker}",
+    )
+    ctx.checks.append(f"{name} taken over after {worker} was killed")
+    ctx.mark_healed()
+
+
+def compaction_while_waiting(ctx: FaultContext) -> None:
+    """Compact to the current revision again and again while waiters wait, and once reset every client
+    connection so watches must resume from a revision that is compacted by then."""
+    ctx.mark_fault()
+    end = time.monotonic() + 5.0
+    compactions = 0
+    reset_done = False
+    while time.monotonic() < end:
+        rev = ctx.observer.get("/", count_only=True).header.revision
+        ctx.observer.compact(rev)
+        compactions += 1
+        if not reset_done and time.monotonic() > end - 3.0:
+            for p in ctx.fc.proxies:
+                p.reset()
+            for p in ctx.fc.proxies:
+                p.pass_through()
+            reset_done = True
+        ctx.hold(0.2)
+    ctx.checks.append(f"{compactions} compactions, one reset of every client connection")
+    ctx.mark_healed()
+
+
+def cluster_restarted(ctx: FaultContext) -> None:
+    ctx.mark_fault()
+    ctx.fc.restart_whole_cluster()
+    ctx.mark_healed()
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "leader-killed",
+            "the leader is SIGKILLed, restarted 2 s after a new one is elected",
+            leader_killed,
+        ),
+        Scenario("member-in-use-killed", "the member clients use is SIGKILLed for 3 s", member_in_use_killed),
+        Scenario("member-restarted", "the member clients use is stopped and started again", member_restarted),
+        Scenario(
+            "client-cut-off", "the proxy black-holes clients' first member until work went on", client_cut_off
+        ),
+        Scenario("holder-paused", "a holder is SIGSTOPped past its TTL, then SIGCONTed", holder_paused),
+        Scenario("holder-killed", "a holder is SIGKILLed", holder_killed),
+        Scenario(
+            "compaction",
+            "compaction to the head every 0.2 s for 5 s, one connection reset",
+            compaction_while_waiting,
+        ),
+        Scenario("cluster-restarted", "all three members stopped and started again", cluster_restarted),
+    ]
+}

@@ -1,0 +1,112 @@
+"""The client's own answers to faults, each on a real 3-member cluster behind FaultProxy:
+
+* a member that stops answering (black hole: no error, just silence) is left within about a second:
+  the keepalive notices unanswered renewals, the watch streams on that member follow, and a held lock
+  survives a cut shorter than its TTL;
+* a lease grant whose reply is lost is revoked by the ID we chose, not left for its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from etcdlock import Client, ConnectionFailedError, EtcdTimeoutError
+from etcdlock.testing import EtcdCluster, FaultProxy
+from tests.waiting import wait_until
+
+
+@pytest.fixture
+def proxies(etcd_cluster3: EtcdCluster) -> Iterator[list[FaultProxy]]:
+    etcd_cluster3.wait_healthy(timeout=20)
+    ps = [FaultProxy(m.endpoint).start() for m in etcd_cluster3.members]
+    try:
+        yield ps
+    finally:
+        for p in ps:
+            p.close()
+
+
+async def test_a_black_holed_member_is_left_and_a_held_lock_survives(
+    etcd_cluster3: EtcdCluster, proxies: list[FaultProxy], ns: str
+) -> None:
+    ttl = 5
+    endpoints = [p.endpoint for p in proxies]
+    async with Client(endpoints, timeout=2) as holder, Client(endpoints, timeout=2) as waiter:
+        name = ns + "cut"
+        async with holder.lock(name, ttl=ttl, timeout=5) as held:
+            token = held.token
+            assert holder.current_endpoint == endpoints[0]
+            waiting = asyncio.ensure_future(waiter.lock(name, ttl=ttl, timeout=30).acquire())
+            await wait_until(
+                lambda: len(etcd_keys(etcd_cluster3, name)) == 2, timeout=10, what="the waiter to queue"
+            )
+            cut_at = time.monotonic()
+            proxies[0].blackhole()  # both clients' member goes silent
+            # The holder's renewals go unanswered; it moves to another member and renews there.
+            await wait_until(
+                lambda: holder.current_endpoint != endpoints[0], timeout=ttl, what="the holder to move on"
+            )
+            moved_after = time.monotonic() - cut_at
+            keeper = held.mutex.session.keeper
+            renewals = keeper.renewals
+            await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal elsewhere")
+            assert not held.lost.is_set(), held.lost_reason
+            held.ensure_held()
+        # Released through another member; the waiter's watch must have followed its client off the
+        # silent member to see the deletion.
+        lock = await asyncio.wait_for(waiting, 20)
+        try:
+            assert lock.held and lock.token > token
+        finally:
+            await lock.release()
+        assert moved_after < ttl, f"took {moved_after:.1f}s to leave the silent member"
+        proxies[0].pass_through()
+    assert not etcd_keys(etcd_cluster3, name)
+
+
+def etcd_keys(cluster: EtcdCluster, prefix: str) -> list[str]:
+    import subprocess
+
+    from etcdlock.testing import find_etcdctl_binary
+
+    out = subprocess.run(
+        [
+            find_etcdctl_binary(),
+            f"--endpoints={','.join(cluster.endpoints)}",
+            "get",
+            "--prefix",
+            "--keys-only",
+            prefix,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+async def test_a_grant_whose_reply_is_lost_is_revoked_not_left_for_its_ttl(
+    etcd_cluster3: EtcdCluster, proxies: list[FaultProxy], ns: str
+) -> None:
+    ttl = 60  # far longer than the test: only a revoke can remove the lease in time
+    async with Client(etcd_cluster3.endpoints) as direct:
+        before = set(await direct.leases())
+        async with Client([proxies[0].endpoint], timeout=1) as c:
+            await c.get(ns + "warm")  # connected before the delay starts
+            proxies[0].delay(0.7)  # every reply arrives after the 1 s call timeout; requests still land
+            with pytest.raises((EtcdTimeoutError, ConnectionFailedError)):
+                await c.lock(ns + "slow", ttl=ttl).acquire()
+
+            async def granted_then_gone() -> bool:
+                return set(await direct.leases()) == before
+
+            # The grant went through on the server (its reply came too late); the lease must go again,
+            # by the client revoking the ID it chose, well before its 60 s TTL.
+            await wait_until(granted_then_gone, timeout=15, what="the unconfirmed lease to be revoked")
+            proxies[0].pass_through()
+        assert c.resources().total() == 0

@@ -1,0 +1,47 @@
+"""Fault scenarios under the safety checker (src/etcdlock/chaos): each its own test, one run each here.
+
+`scripts/reliability.py --runs 5` runs them repeatedly and writes RELIABILITY.md; `--slow` runs each
+three times here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from etcdlock.chaos import SCENARIOS, run_scenario
+from etcdlock.chaos.checker import CheckerConfig, RunReport
+
+
+def runs(request: pytest.FixtureRequest) -> int:
+    return 3 if request.config.getoption("--slow") else 1
+
+
+def check(report: RunReport) -> None:
+    print(report.summary())
+    assert not report.violations, report.summary()
+    assert report.liveness_s is not None, report.summary()
+    assert (report.leftover_keys, report.leftover_leases) == (0, 0), report.summary()
+    assert report.acquisitions > 0 and report.writes > 0, report.summary()
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario(name: str, request: pytest.FixtureRequest) -> None:
+    for run in range(runs(request)):
+        report = run_scenario(SCENARIOS[name], run=run)
+        check(report)
+        if name == "holder-paused":
+            assert report.losses >= 1 and report.lost_latencies_ms, report.summary()
+            assert any("learned it lost" in c for c in report.checks), report.summary()
+        if name == "client-cut-off":
+            assert any("work went on during the cut" in c for c in report.checks), report.summary()
+
+
+def test_the_checker_catches_holders_that_ignore_loss() -> None:
+    """The same pause, with holders that never call ensure_held() and a resource that does not fence:
+    the paused holder writes on after it lost the lock, and the checker must say so."""
+    cfg = CheckerConfig(ignore_loss=True, fence=False, writes=100)  # a long hold: paused mid-writes
+    report = run_scenario(SCENARIOS["holder-paused"], cfg=cfg)
+    print(report.summary())
+    kinds = {v.split(":")[0] for v in report.violations}
+    assert "overlap" in kinds, report.summary()
+    assert "stale-accepted" in kinds, report.summary()
