@@ -3,7 +3,8 @@
 * a member that stops answering (black hole: no error, just silence) is left within about a second:
   the keepalive notices unanswered renewals, the watch streams on that member follow, and a held lock
   survives a cut shorter than its TTL;
-* a lease grant whose reply is lost is revoked by the ID we chose, not left for its TTL.
+* a lease grant whose reply is lost is revoked by the ID we chose, not left for its TTL;
+* a process frozen past its TTL learns it lost the lock at its next ensure_held(), before anything else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from etcdlock import Client, ConnectionFailedError, EtcdTimeoutError
+from etcdlock import Client, ConnectionFailedError, EtcdTimeoutError, LockLost
+from etcdlock.core.tasks import backoff
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.waiting import wait_until
 
@@ -110,3 +112,28 @@ async def test_a_grant_whose_reply_is_lost_is_revoked_not_left_for_its_ttl(
             await wait_until(granted_then_gone, timeout=15, what="the unconfirmed lease to be revoked")
             proxies[0].pass_through()
         assert c.resources().total() == 0
+
+
+async def test_a_process_frozen_past_its_ttl_learns_it_lost_the_lock_before_doing_more(
+    etcd: EtcdCluster, ns: str
+) -> None:
+    """The event loop is blocked past the TTL (as if SIGSTOPped: no timer can run). The first thing the
+    holder does afterwards is ensure_held(), and that must already say LockLost: the deadline is read from
+    the clock at that moment, not left to a timer that has not had its turn yet."""
+    ttl = 2
+    async with Client(etcd.endpoints) as c:
+        async with c.lock(ns + "frozen", ttl=ttl, timeout=5) as held:
+            held.ensure_held()
+            keeper = held.mutex.session.keeper
+            assert keeper.remaining() > 0
+            time.sleep(ttl + 0.2)  # noqa: ASYNC251 - the fault itself: the process stands still past the TTL
+            with pytest.raises(LockLost, match="no successful keepalive within the TTL"):
+                held.ensure_held()
+            assert held.lost.is_set() and not held.held
+        assert c.resources().keepalive_leases == 0
+
+
+def test_backoff_is_bounded_however_many_failures() -> None:
+    assert backoff(0) == 0.05
+    assert backoff(3) == 0.4
+    assert backoff(5000) == 1.0  # 2**5000 as a float would overflow

@@ -245,13 +245,13 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
                 fc.start_worker(
                     WorkerConfig(
                         worker=f"w{i}",
-                        endpoints=fc.client_endpoints,
+                        endpoints=fc.client_path(f"w{i}"),
                         names=names,
                         resource=resource.address,
                         log_path=str(log_path),
                         ttl=cfg.ttl,
                         acquire_timeout=cfg.acquire_timeout,
-                        writes=cfg.writes,
+                        writes=scenario.writes or cfg.writes,
                         seed=run * 1000 + i,
                         ignore_loss=cfg.ignore_loss,
                     )

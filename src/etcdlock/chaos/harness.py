@@ -73,11 +73,12 @@ class WorkerProcess:
 
 
 class FaultCluster:
-    """Three etcd members, a FaultProxy in front of each, and the workers started against them."""
+    """Three etcd members; each worker reaches them through proxies of its own (one per member), so a
+    fault can cut one client off, or every client off one member, while etcd's peer traffic flows on."""
 
     def __init__(self, size: int = 3) -> None:
         self.cluster = EtcdCluster(size)
-        self.proxies: list[FaultProxy] = []
+        self.paths: dict[str, list[FaultProxy]] = {}  # worker -> its proxy in front of each member
         self.workers: list[WorkerProcess] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="etcdlock-chaos-")
         self.dir = Path(self._tmp.name)
@@ -85,8 +86,6 @@ class FaultCluster:
     def start(self) -> FaultCluster:
         try:
             self.cluster.start()
-            for member in self.cluster.members:
-                self.proxies.append(FaultProxy(member.endpoint).start())
         except BaseException:
             self.close()
             raise
@@ -98,10 +97,16 @@ class FaultCluster:
     def direct_endpoints(self) -> list[str]:
         return self.cluster.endpoints
 
+    def client_path(self, worker: str) -> list[str]:
+        """Endpoints for WORKER: new proxies of its own, in member order (so it starts on member 0)."""
+        proxies = self.paths.setdefault(worker, [])
+        for member in self.cluster.members[len(proxies) :]:
+            proxies.append(FaultProxy(member.endpoint).start())
+        return [p.endpoint for p in proxies]
+
     @property
-    def client_endpoints(self) -> list[str]:
-        """What workers connect to: the proxies, in member order (so clients start on member 0)."""
-        return [p.endpoint for p in self.proxies]
+    def proxies(self) -> list[FaultProxy]:
+        return [p for path in self.paths.values() for p in path]
 
     @property
     def members(self) -> list[EtcdMember]:
@@ -110,8 +115,10 @@ class FaultCluster:
     def member_in_use(self) -> EtcdMember:
         return self.cluster.members[0]
 
-    def proxy_for(self, member: EtcdMember) -> FaultProxy:
-        return self.proxies[self.cluster.members.index(member)]
+    def proxies_to(self, member: EtcdMember) -> list[FaultProxy]:
+        """Every client's proxy in front of MEMBER."""
+        i = self.cluster.members.index(member)
+        return [path[i] for path in self.paths.values()]
 
     # ---- workers ----
 
@@ -150,7 +157,7 @@ class FaultCluster:
         self.workers.clear()
         for p in self.proxies:
             p.close()
-        self.proxies.clear()
+        self.paths.clear()
         self.cluster.stop()
         self._tmp.cleanup()
 

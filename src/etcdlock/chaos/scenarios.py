@@ -15,6 +15,9 @@ class Scenario:
     name: str
     description: str
     inject: Callable[[FaultContext], None]
+    # Writes per hold, if not the checker's default: a fault aimed at a holder must find it in the middle
+    # of its work (a hold of ~4 s, longer than the TTL), not already releasing.
+    writes: int | None = None
 
 
 def leader_killed(ctx: FaultContext) -> None:
@@ -51,9 +54,10 @@ def client_cut_off(ctx: FaultContext) -> None:
     """Black-hole the proxy in front of the member every client uses: packets vanish, no error comes.
     Clients must notice the silence, move to another member, and their waiters' watches must resume
     there without missing the deletion of the key they wait on; so work goes on during the cut."""
-    proxy = ctx.fc.proxy_for(ctx.fc.member_in_use())
+    proxies = ctx.fc.proxies_to(ctx.fc.member_in_use())
     ctx.mark_fault()
-    proxy.blackhole()
+    for p in proxies:
+        p.blackhole()
     cut = time.monotonic()
     ctx.wait(
         lambda: all(
@@ -68,7 +72,8 @@ def client_cut_off(ctx: FaultContext) -> None:
         f"work went on during the cut (first acquisition {first - cut:.1f}s in, "
         f"3 per lock by {time.monotonic() - cut:.1f}s)"
     )
-    proxy.pass_through()
+    for p in proxies:
+        p.pass_through()
     ctx.mark_healed()
 
 
@@ -101,6 +106,34 @@ def holder_paused(ctx: FaultContext) -> None:
 
     ctx.wait(learned, 15, f"the resumed {worker} to learn it lost {name}")
     ctx.checks.append(f"{worker} learned it lost {name} after SIGCONT")
+    ctx.mark_healed()
+
+
+def holder_partitioned(ctx: FaultContext) -> None:
+    """Cut one holder off from every member (a black hole: it keeps running, nothing gets through) past
+    its TTL. It must tell itself the lock is lost by its local deadline, which runs out before etcd's,
+    so it stops before anyone else can hold the lock; then another process gets it."""
+    ctx.mark_fault()
+    worker, name, _, token = pause_a_holder(ctx)
+    for p in ctx.fc.paths[worker]:
+        p.blackhole()
+    ctx.worker(worker).resume()  # running again, but alone
+    ctx.wait(
+        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
+        ctx.cfg.ttl + 20,
+        f"another process to take {name} from the cut-off {worker}",
+    )
+    learned = [
+        e
+        for e in ctx.events.all()
+        if e["worker"] == worker and e.get("token") == token and e["ev"] in ("lost", "stopped")
+    ]
+    if learned:
+        ctx.checks.append(f"the cut-off {worker} knew it lost {name} before another process took it")
+    else:
+        ctx.failures.append(f"the cut-off {worker} did not know it lost {name} when another process took it")
+    for p in ctx.fc.paths[worker]:
+        p.pass_through()
     ctx.mark_healed()
 
 
@@ -159,7 +192,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "client-cut-off", "the proxy black-holes clients' first member until work went on", client_cut_off
         ),
-        Scenario("holder-paused", "a holder is SIGSTOPped past its TTL, then SIGCONTed", holder_paused),
+        Scenario(
+            "holder-paused", "a holder is SIGSTOPped past its TTL, then SIGCONTed", holder_paused, writes=150
+        ),
+        Scenario(
+            "holder-partitioned",
+            "a holder is black-holed from every member past its TTL",
+            holder_partitioned,
+            writes=150,
+        ),
         Scenario("holder-killed", "a holder is SIGKILLed", holder_killed),
         Scenario(
             "compaction",

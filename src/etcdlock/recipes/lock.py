@@ -89,7 +89,8 @@ class Lock:
 
     @property
     def held(self) -> bool:
-        return self._mutex is not None and self._mutex.held
+        """Held and not known lost (the body of `async with` may still be running after a loss)."""
+        return self._mutex is not None and self._mutex.held and self._mutex.lost_reason is None
 
     def ensure_held(self) -> None:
         """Raise LockLost unless the lock is still mine at this moment (see Mutex.ensure_held)."""
