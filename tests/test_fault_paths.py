@@ -137,3 +137,30 @@ def test_backoff_is_bounded_however_many_failures() -> None:
     assert backoff(0) == 0.05
     assert backoff(3) == 0.4
     assert backoff(5000) == 1.0  # 2**5000 as a float would overflow
+
+
+async def test_a_watch_alone_leaves_a_silent_member_and_misses_nothing(
+    etcd_cluster3: EtcdCluster, proxies: list[FaultProxy], ns: str
+) -> None:
+    """No lease, no other calls: only the watch stream itself can notice that its member went silent. It
+    asks for a progress report when idle; unanswered, it resumes on another member from its next revision,
+    so what was written during the silence is delivered, once."""
+    async with (
+        Client([p.endpoint for p in proxies], timeout=2) as c,
+        Client(etcd_cluster3.endpoints) as writer,
+    ):
+        key = ns + "silent"
+        w = c.watch(key)
+        async with w:
+            await w.wait_created()
+            await writer.put(key, "before")
+            assert (await asyncio.wait_for(w.next_event(), 5)).kv.value == b"before"
+            proxies[0].blackhole()
+            await writer.put(key, "during")  # written while the watch's member is cut off
+            event = await asyncio.wait_for(w.next_event(), 30)
+            assert event.kv.value == b"during"
+            assert c.current_endpoint != proxies[0].endpoint
+            await writer.put(key, "after")
+            assert (await asyncio.wait_for(w.next_event(), 5)).kv.value == b"after"
+        proxies[0].pass_through()
+    assert c.resources().total() == 0

@@ -240,6 +240,17 @@ def _cancel_request(watch_id: int) -> pb.WatchRequest:
     return pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
 
 
+# A stream with watchers that has been silent this long is asked for a progress report; if that goes
+# unanswered too, the member is cut off or hung (a black hole raises no error for about a minute in gRPC),
+# and the watchers resume on another member from their next revision.
+PROBE_IDLE = 5.0
+PROBE_TIMEOUT = 3.0
+
+
+def _progress_request() -> pb.WatchRequest:
+    return pb.WatchRequest(progress_request=pb.WatchProgressRequest())
+
+
 class _WatchStream:
     """One gRPC Watch stream and the watchers multiplexed on it."""
 
@@ -256,6 +267,9 @@ class _WatchStream:
         self._wake = asyncio.Event()
         self.closing = False
         self.abandon = False  # set when the connection gave up on this stream's endpoint
+        self.last_reply_at = 0.0
+        self.probe_sent_at: float | None = None
+        self.probes_sent = 0
         self.endpoint = ""
         self.generations = 0
         self.cancels_sent = 0
@@ -348,6 +362,7 @@ class _WatchStream:
                         continue
                     self.generations += 1
                     self.replies_since_open = 0
+                    self.last_reply_at, self.probe_sent_at = asyncio.get_running_loop().time(), None
                     reader = self._hub._tasks.spawn(self._read(call), "watch-reader")
                 try:
                     while self._outbox:
@@ -368,7 +383,27 @@ class _WatchStream:
                     continue
                 if reader is not None and reader.done():
                     continue
-                await self._pause(None, reader)
+                now = asyncio.get_running_loop().time()
+                if self.probe_sent_at is not None and now - self.probe_sent_at >= PROBE_TIMEOUT:
+                    log.info(
+                        "watch stream at %s did not answer a progress request in %gs; resuming elsewhere",
+                        self.endpoint,
+                        PROBE_TIMEOUT,
+                    )
+                    self._hub._conn.report_failure(self.endpoint)
+                    call, reader = await self._drop(call, reader)
+                    self._requeue()
+                    failures += 1
+                    continue
+                if self.probe_sent_at is None and self.by_id and now - self.last_reply_at >= PROBE_IDLE:
+                    self.probe_sent_at = now
+                    self.probes_sent += 1
+                    try:
+                        await call.write(_progress_request())
+                    except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
+                        log.info("watch stream write failed: %s", e)
+                        continue
+                await self._pause(self._next_probe_check(now), reader)
                 if self.replies_since_open:
                     failures = 0  # the stream works again: reset the backoff
         finally:
@@ -392,6 +427,14 @@ class _WatchStream:
         self._fragments.clear()
         self.inflight, self.inflight_abandoned = None, False
         self.pending = deque(sorted((w for w in live if not w.done), key=lambda w: w.seq))
+
+    def _next_probe_check(self, now: float) -> float | None:
+        """Seconds until the probe needs looking at (None: no watchers, nothing to check)."""
+        if self.probe_sent_at is not None:
+            return max(0.0, self.probe_sent_at + PROBE_TIMEOUT - now)
+        if self.by_id:
+            return max(0.0, self.last_reply_at + PROBE_IDLE - now)
+        return None
 
     async def _backoff(self, seconds: float) -> None:
         """Wait before reopening a failed stream: the full time (unlike _pause, which returns at once while
@@ -429,8 +472,10 @@ class _WatchStream:
 
     async def _read(self, call: Any) -> None:
         try:
+            loop = asyncio.get_running_loop()
             async for resp in call:
                 self.replies_since_open += 1
+                self.last_reply_at, self.probe_sent_at = loop.time(), None
                 self._dispatch(resp)
         except asyncio.CancelledError:
             task = asyncio.current_task()
