@@ -62,7 +62,9 @@ class RunReport:
     liveness_s: float | None = None  # heal -> every name acquired again
     leftover_keys: int = 0
     leftover_leases: int = 0
-    checks: list[str] = field(default_factory=list)  # scenario-specific facts that held
+    checks: list[str] = field(default_factory=list)  # scenario-specific facts that held (same text every run)
+    details: list[str] = field(default_factory=list)  # which worker and lock they were about
+    metrics: dict[str, float] = field(default_factory=dict)  # scenario-specific numbers
     crash_output: dict[str, str] = field(default_factory=dict)  # stderr tails of workers that crashed
     left_at_shutdown: list[int] = field(default_factory=lambda: [0, 0])  # keys, leases right after it
     leases_at_shutdown: list[str] = field(default_factory=list)
@@ -84,7 +86,7 @@ class RunReport:
             f"lost-latency p50/p99={fmt_ms(lat[0])}/{fmt_ms(lat[1])} liveness={self.liveness_s} "
             f"at shutdown keys/leases={self.left_at_shutdown} {self.leases_at_shutdown} "
             f"leftover keys/leases={self.leftover_keys}/{self.leftover_leases} violations={self.violations} "
-            f"checks={self.checks}"
+            f"checks={self.checks} {self.details} {self.metrics}"
         )
 
 
@@ -194,6 +196,8 @@ class FaultContext:
         self.pauses: list[tuple[str, float, float]] = []  # (worker, paused at, resumed at)
         self.killed: list[str] = []
         self.checks: list[str] = []
+        self.details: list[str] = []
+        self.metrics: dict[str, float] = {}
         self.failures: list[str] = []
 
     def mark_fault(self) -> None:
@@ -300,6 +304,8 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
                 if w.cfg.worker not in ctx.killed and exits[w.cfg.worker] != 0:
                     report.crash_output[w.cfg.worker] = w.stderr_tail()
             report.checks.extend(ctx.checks)
+            report.details.extend(ctx.details)
+            report.metrics.update(ctx.metrics)
             report.violations.extend(ctx.failures)
             _leftovers(report, observer, prefix, ctx, cfg)
         finally:

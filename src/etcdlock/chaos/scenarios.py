@@ -68,10 +68,9 @@ def client_cut_off(ctx: FaultContext) -> None:
         "every lock to be acquired 3 times through the other members while the first is cut off",
     )
     first = min(e["t"] for e in ctx.events.of("acquire") if e["t"] > cut)
-    ctx.checks.append(
-        f"work went on during the cut (first acquisition {first - cut:.1f}s in, "
-        f"3 per lock by {time.monotonic() - cut:.1f}s)"
-    )
+    ctx.checks.append("work went on through the other members during the cut")
+    ctx.metrics["first acquisition after the cut, s"] = round(first - cut, 2)
+    ctx.metrics["3 acquisitions per lock after the cut, s"] = round(time.monotonic() - cut, 2)
     for p in proxies:
         p.pass_through()
     ctx.mark_healed()
@@ -93,7 +92,8 @@ def holder_paused(ctx: FaultContext) -> None:
     resumed = time.monotonic()
     ctx.worker(worker).resume()
     ctx.pauses.append((worker, paused, resumed))
-    ctx.checks.append(f"{taken_by['worker']} held {name} while {worker} was stopped")
+    ctx.checks.append("another process held the lock while its holder was stopped")
+    ctx.details.append(f"{taken_by['worker']} held {name} while {worker} was stopped")
 
     def learned() -> bool:
         return any(
@@ -105,7 +105,7 @@ def holder_paused(ctx: FaultContext) -> None:
         )
 
     ctx.wait(learned, 15, f"the resumed {worker} to learn it lost {name}")
-    ctx.checks.append(f"{worker} learned it lost {name} after SIGCONT")
+    ctx.checks.append("the resumed holder learned it had lost the lock before writing again")
     ctx.mark_healed()
 
 
@@ -129,7 +129,8 @@ def holder_partitioned(ctx: FaultContext) -> None:
         if e["worker"] == worker and e.get("token") == token and e["ev"] in ("lost", "stopped")
     ]
     if learned:
-        ctx.checks.append(f"the cut-off {worker} knew it lost {name} before another process took it")
+        ctx.checks.append("the cut-off holder knew it lost the lock before another process took it")
+        ctx.details.append(f"{worker} cut off holding {name}")
     else:
         ctx.failures.append(f"the cut-off {worker} did not know it lost {name} when another process took it")
     for p in ctx.fc.paths[worker]:
@@ -147,7 +148,8 @@ def holder_killed(ctx: FaultContext) -> None:
         ctx.cfg.ttl + 20,
         f"another process to take {name} from the killed {worker}",
     )
-    ctx.checks.append(f"{name} taken over after {worker} was killed")
+    ctx.checks.append("another process took the lock after its holder was killed")
+    ctx.details.append(f"{worker} killed holding {name}")
     ctx.mark_healed()
 
 
@@ -169,7 +171,8 @@ def compaction_while_waiting(ctx: FaultContext) -> None:
                 p.pass_through()
             reset_done = True
         ctx.hold(0.2)
-    ctx.checks.append(f"{compactions} compactions, one reset of every client connection")
+    ctx.checks.append("waiters went on through compactions and a reset of every client connection")
+    ctx.metrics["compactions"] = compactions
     ctx.mark_healed()
 
 
