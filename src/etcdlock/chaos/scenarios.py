@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from etcdlock.chaos.checker import FaultContext, pause_a_holder
+from etcdlock.testing import EtcdMember
 
 
 @dataclass(frozen=True)
@@ -20,32 +21,48 @@ class Scenario:
     writes: int | None = None
 
 
-def leader_killed(ctx: FaultContext) -> None:
-    leader = ctx.fc.cluster.leader()
+def _member_down(ctx: FaultContext, member: EtcdMember, *, kill: bool, down_for: float) -> None:
+    """Take MEMBER down (SIGKILL, or a clean stop), leave it down for `down_for` seconds once the others
+    have a leader, then start it again with its data and wait until the cluster is whole."""
     ctx.mark_fault()
-    leader.kill()
-    ctx.fc.cluster.wait_healthy(timeout=30, only_running=True)  # a new leader among the other two
-    ctx.hold(2.0)
-    leader.start()
+    if kill:
+        member.kill()
+    else:
+        member.stop()
+    ctx.fc.cluster.wait_healthy(timeout=30, only_running=True)  # a leader among the others
+    ctx.hold(down_for)
+    member.start()
     ctx.fc.cluster.wait_healthy(timeout=30)
     ctx.mark_healed()
+
+
+def leader_killed(ctx: FaultContext) -> None:
+    _member_down(ctx, ctx.fc.cluster.leader(), kill=True, down_for=2.0)
 
 
 def member_in_use_killed(ctx: FaultContext) -> None:
-    member = ctx.fc.member_in_use()
-    ctx.mark_fault()
-    member.kill()
-    ctx.hold(3.0)
-    member.start()
-    ctx.fc.cluster.wait_healthy(timeout=30)
-    ctx.mark_healed()
+    _member_down(ctx, ctx.fc.member_in_use(), kill=True, down_for=3.0)
 
 
 def member_restarted(ctx: FaultContext) -> None:
+    _member_down(ctx, ctx.fc.member_in_use(), kill=False, down_for=0.0)
+
+
+def member_paused(ctx: FaultContext) -> None:
+    """SIGSTOP the member every client uses: its sockets stay open, nothing answers. Clients must leave it
+    (their renewals go unanswered) and keep their locks through the other members."""
     member = ctx.fc.member_in_use()
     ctx.mark_fault()
-    member.stop()
-    member.start()
+    member.pause()
+    stopped = time.monotonic()
+    ctx.wait(
+        lambda: all(ctx.events.acquired_since(n, stopped + 1.0) for n in ctx.names),
+        30,
+        "every lock to be acquired through the other members while the first is stopped",
+    )
+    ctx.checks.append("work went on through the other members while the first was stopped")
+    ctx.hold(max(0.0, stopped + 5.0 - time.monotonic()))
+    member.resume()
     ctx.fc.cluster.wait_healthy(timeout=30)
     ctx.mark_healed()
 
@@ -190,8 +207,21 @@ SCENARIOS: dict[str, Scenario] = {
             "the leader is SIGKILLed, restarted 2 s after a new one is elected",
             leader_killed,
         ),
-        Scenario("member-in-use-killed", "the member clients use is SIGKILLed for 3 s", member_in_use_killed),
-        Scenario("member-restarted", "the member clients use is stopped and started again", member_restarted),
+        Scenario(
+            "member-in-use-killed",
+            "the member clients use is SIGKILLed, restarted 3 s after the others have a leader",
+            member_in_use_killed,
+        ),
+        Scenario(
+            "member-paused",
+            "the member clients use is SIGSTOPped for 5 s (past the TTL), then SIGCONTed",
+            member_paused,
+        ),
+        Scenario(
+            "member-restarted",
+            "the member clients use is stopped (SIGTERM) and started again",
+            member_restarted,
+        ),
         Scenario(
             "client-cut-off", "the proxy black-holes clients' first member until work went on", client_cut_off
         ),
