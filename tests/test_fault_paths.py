@@ -164,3 +164,19 @@ async def test_a_watch_alone_leaves_a_silent_member_and_misses_nothing(
             assert (await asyncio.wait_for(w.next_event(), 5)).kv.value == b"after"
         proxies[0].pass_through()
     assert c.resources().total() == 0
+
+
+async def test_a_silent_member_does_not_use_up_a_read_s_timeout(proxies: list[FaultProxy], ns: str) -> None:
+    """Reads give each endpoint a share of the timeout: when the member in use goes silent (an established
+    connection, so gRPC reports nothing), a read still succeeds within its timeout, through the next one."""
+    async with Client([p.endpoint for p in proxies], timeout=3) as c:
+        await c.put(ns + "k", "v")
+        proxies[0].blackhole()
+        try:
+            started = time.monotonic()
+            r = await c.get(ns + "k")
+            assert [kv.value for kv in r.kvs] == [b"v"]
+            assert c.current_endpoint != proxies[0].endpoint
+            assert time.monotonic() - started < 3
+        finally:
+            proxies[0].pass_through()

@@ -20,6 +20,10 @@ class Method(Generic[Req, Resp]):
     path: str
     request: type[Req]
     response: type[Resp]
+    # Safe to send again after a try whose outcome is unknown (it timed out): a read, or a write whose
+    # repetition changes nothing. Such calls give each endpoint a share of the timeout, so one silent
+    # member cannot use it all up.
+    idempotent: bool = False
 
     @property
     def name(self) -> str:
@@ -32,7 +36,7 @@ class Method(Generic[Req, Resp]):
         return self.response.FromString  # type: ignore[attr-defined]
 
 
-RANGE = Method("/etcdserverpb.KV/Range", pb.RangeRequest, pb.RangeResponse)
+RANGE = Method("/etcdserverpb.KV/Range", pb.RangeRequest, pb.RangeResponse, idempotent=True)
 PUT = Method("/etcdserverpb.KV/Put", pb.PutRequest, pb.PutResponse)
 DELETE_RANGE = Method("/etcdserverpb.KV/DeleteRange", pb.DeleteRangeRequest, pb.DeleteRangeResponse)
 TXN = Method("/etcdserverpb.KV/Txn", pb.TxnRequest, pb.TxnResponse)
@@ -46,10 +50,17 @@ LEASE_KEEPALIVE = Method(
     "/etcdserverpb.Lease/LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
 )
 LEASE_TTL = Method(
-    "/etcdserverpb.Lease/LeaseTimeToLive", pb.LeaseTimeToLiveRequest, pb.LeaseTimeToLiveResponse
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    pb.LeaseTimeToLiveRequest,
+    pb.LeaseTimeToLiveResponse,
+    idempotent=True,
 )
-LEASE_LEASES = Method("/etcdserverpb.Lease/LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse)
+LEASE_LEASES = Method(
+    "/etcdserverpb.Lease/LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse, idempotent=True
+)
 
-MEMBER_LIST = Method("/etcdserverpb.Cluster/MemberList", pb.MemberListRequest, pb.MemberListResponse)
-STATUS = Method("/etcdserverpb.Maintenance/Status", pb.StatusRequest, pb.StatusResponse)
+MEMBER_LIST = Method(
+    "/etcdserverpb.Cluster/MemberList", pb.MemberListRequest, pb.MemberListResponse, idempotent=True
+)
+STATUS = Method("/etcdserverpb.Maintenance/Status", pb.StatusRequest, pb.StatusResponse, idempotent=True)
 AUTHENTICATE = Method("/etcdserverpb.Auth/Authenticate", pb.AuthenticateRequest, pb.AuthenticateResponse)

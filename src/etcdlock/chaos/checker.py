@@ -262,6 +262,11 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
                 )
             events = Events(logs)
             ctx = FaultContext(fc, observer, names, events, cfg)
+            wait_for(
+                lambda: len(events.of("ready")) == cfg.workers,
+                cfg.liveness_timeout,
+                "every worker to connect",
+            )
             warm = time.monotonic()
             wait_for(
                 lambda: all(events.acquired_since(n, warm) for n in names),

@@ -114,9 +114,22 @@ async def hold_and_write(
         log.emit("release", name=name, token=token)
 
 
+async def connected(cfg: WorkerConfig, log: EventLog) -> Client:
+    """A connected client; a service starting during a fault keeps trying, as a real one would."""
+    while True:
+        client = Client(cfg.endpoints, timeout=cfg.call_timeout)
+        try:
+            return await client.connect()
+        except EtcdError as e:
+            await client.close()
+            log.emit("error", name="", error=f"connect: {type(e).__name__}: {e}")
+            await asyncio.sleep(0.1)  # back off before the next attempt
+
+
 async def work(cfg: WorkerConfig, log: EventLog, fence: FenceClient) -> None:
     rng = random.Random(cfg.seed)
-    async with Client(cfg.endpoints, timeout=cfg.call_timeout) as client:
+    async with await connected(cfg, log) as client:
+        log.emit("ready")
         while True:
             name = rng.choice(cfg.names)
             try:

@@ -302,6 +302,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         failures = 0
+        attempts = 0
         token_retried = False
         last: str = "no attempt made"
         while True:
@@ -317,11 +318,16 @@ class Connection:
                     f"{method.name} timed out after {timeout:g}s at {self.current_endpoint}"
                 )
             endpoint = self.current_endpoint
+            attempt = remaining
+            if method.idempotent and attempts < len(self.endpoints) - 1:
+                # A share of what is left for each endpoint not tried yet: a silent one cannot eat it all.
+                attempt = remaining / (len(self.endpoints) - attempts)
+            attempts += 1
             try:
                 # No auth: nothing to await, and no per-call metadata to build.
-                md = await self._metadata(endpoint, remaining, leader=False) if self._username else None
+                md = await self._metadata(endpoint, attempt, leader=False) if self._username else None
                 fn = self._unary_callable(endpoint, method)
-                return await fn(request, timeout=remaining, metadata=md)  # type: ignore[no-any-return]
+                return await fn(request, timeout=attempt, metadata=md)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as e:
                 details = e.details() or ""
                 if e.code() in _RETRY_CODES:
@@ -338,6 +344,11 @@ class Connection:
                     self.invalidate_token()
                     continue
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if attempt < remaining:  # only this endpoint's share ran out: try the next one
+                        last = f"no answer within {attempt:.2g}s at {endpoint}"
+                        failures += 1
+                        self.report_failure(endpoint)
+                        continue
                     if failures:
                         continue  # loop head turns this into ConnectionFailedError with the real cause
                     # No answer in time: maybe slow, maybe cut off (no error comes from a black hole).
