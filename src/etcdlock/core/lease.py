@@ -85,8 +85,8 @@ class KeepAlive:
 
         After the process was stopped (SIGSTOP, a long GC pause, a blocked loop) the scheduler's timer has
         not run yet, but the clock has moved on: this fires `lost` at once if the deadline has passed."""
-        if self.lost_reason is None and self.remaining() <= 0 and self._manager.is_registered(self):
-            self._manager._lose(self, f"no successful keepalive within the TTL ({self.ttl}s)")
+        if self.lost_reason is None and self.remaining() <= 0:
+            self._manager._lose_expired()
         return self.lost_reason is None
 
     def add_lost_callback(self, fn: Callable[[str], None]) -> None:
@@ -175,12 +175,15 @@ class KeepAliveManager:
             timer.cancel()
         self._deadline_timer = asyncio.get_running_loop().call_at(at, self._expire_due)
 
-    def _expire_due(self) -> None:
-        self._deadline_timer = None
+    def _lose_expired(self) -> None:
         now = asyncio.get_running_loop().time()
         for keeper in list(self._registry.values()):
             if keeper.expires_at <= now:
                 self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        self._lose_expired()
         if self._registry:
             # Renewals only ever push deadlines later, so the next check is at the earliest one now.
             self._arm_deadline(min(k.expires_at for k in self._registry.values()))
@@ -208,9 +211,7 @@ class KeepAliveManager:
         try:
             while self._registry and not self._closed:
                 now = loop.time()
-                for keeper in list(self._registry.values()):
-                    if keeper.expires_at <= now:
-                        self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
+                self._lose_expired()
                 if not self._registry:
                     break
                 if call is not None and self._stalled(now):

@@ -330,8 +330,7 @@ class _WatchStream:
                     # Another call found this member unresponsive; this stream may be just as cut off
                     # without knowing it (a black hole sends no error). Resume elsewhere; nothing is lost.
                     log.info("leaving watch stream at %s: the member failed another call", self.endpoint)
-                    call, reader = await self._drop(call, reader)
-                    self._requeue()
+                    call, reader = await self._restart(call, reader)
                     failures += 1
                 self.abandon = False
                 if reader is not None and reader.done():
@@ -344,8 +343,7 @@ class _WatchStream:
                         self.live_watchers(),
                     )
                     self._hub._conn.report_failure(self.endpoint)
-                    call, reader = await self._drop(call, reader)
-                    self._requeue()
+                    call, reader = await self._restart(call, reader)
                     failures += 1
                 if call is None:
                     if failures:
@@ -391,8 +389,7 @@ class _WatchStream:
                         PROBE_TIMEOUT,
                     )
                     self._hub._conn.report_failure(self.endpoint)
-                    call, reader = await self._drop(call, reader)
-                    self._requeue()
+                    call, reader = await self._restart(call, reader)
                     failures += 1
                     continue
                 if self.probe_sent_at is None and self.by_id and now - self.last_reply_at >= PROBE_IDLE:
@@ -459,6 +456,13 @@ class _WatchStream:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     await self._wake.wait()
+
+    async def _restart(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
+        """Give up this call; every live watcher is created again, on the next stream, from its next
+        revision."""
+        dropped = await self._drop(call, reader)
+        self._requeue()
+        return dropped
 
     async def _drop(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
         if call is not None:

@@ -109,8 +109,8 @@ class Mutex:
 
         Call it before each step that acts on what the lock protects: a process resumed after a pause
         past its TTL learns here that it lost the lock, before doing more work."""
-        if self._held and self.lost_reason is None and not self.session.keeper.check():
-            self._on_session_lost(self.session.keeper.lost_reason or "lease lost")
+        if self._held and self.lost_reason is None:
+            self.session.keeper.check()  # past the deadline: fires the session's loss, and so ours
         if not self._held or self.lost_reason is not None:
             raise LockLost(self._lost_message() if self.lost_reason else f"lock {self.name!r} is not held")
 
