@@ -191,6 +191,7 @@ class FaultContext:
         self.names = names
         self.events = events
         self.cfg = cfg
+        self.writes_per_hold = cfg.writes
         self.fault_at: float | None = None
         self.healed_at: float | None = None
         self.pauses: list[tuple[str, float, float]] = []  # (worker, paused at, resumed at)
@@ -262,6 +263,7 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
                 )
             events = Events(logs)
             ctx = FaultContext(fc, observer, names, events, cfg)
+            ctx.writes_per_hold = scenario.writes or cfg.writes
             wait_for(
                 lambda: len(events.of("ready")) == cfg.workers,
                 cfg.liveness_timeout,
@@ -413,8 +415,12 @@ def _judge(
         report.lost_latencies_ms.append(round((float(e["t"]) - max(ref_candidates)) * 1000, 1))
 
 
-def pause_a_holder(ctx: FaultContext, *, kill: bool = False) -> tuple[str, str, int, int]:
+def pause_a_holder(
+    ctx: FaultContext, *, kill: bool = False, mid_work: bool = False
+) -> tuple[str, str, int, int]:
     """Stop (or kill) a process while it holds a lock, and make sure it did hold it at that moment.
+    mid_work: only in the first half of its writes, so that it still has work to do when it resumes
+    (a holder caught while already releasing has nothing left to learn the loss for).
 
     Returns (worker, name, lease, token)."""
     deadline = time.monotonic() + 30
@@ -428,7 +434,9 @@ def pause_a_holder(ctx: FaultContext, *, kill: bool = False) -> tuple[str, str, 
             proc.pause()
             # Did it still hold the lock when it stopped? Its key must still be there.
             again = ctx.observer.get(f"{name}/{lease:x}", keys_only=True)
-            if again.kvs and again.kvs[0].create_revision == token:
+            written = sum(1 for e in ctx.events.of("write") if e["worker"] == worker and e["token"] == token)
+            early = written < ctx.writes_per_hold / 2
+            if again.kvs and again.kvs[0].create_revision == token and (early or not mid_work):
                 if kill:
                     proc.kill()
                     ctx.killed.append(worker)

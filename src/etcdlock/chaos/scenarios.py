@@ -97,7 +97,7 @@ def holder_paused(ctx: FaultContext) -> None:
     """SIGSTOP a holder past its TTL. Another process must get the lock meanwhile; on SIGCONT the holder
     must learn it lost the lock before writing again (the checker's write-after-lost/overlap rules)."""
     ctx.mark_fault()
-    worker, name, _, token = pause_a_holder(ctx)
+    worker, name, _, token = pause_a_holder(ctx, mid_work=True)
     paused = time.monotonic()
     ctx.wait(
         lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
@@ -131,7 +131,7 @@ def holder_partitioned(ctx: FaultContext) -> None:
     its TTL. It must tell itself the lock is lost by its local deadline, which runs out before etcd's,
     so it stops before anyone else can hold the lock; then another process gets it."""
     ctx.mark_fault()
-    worker, name, _, token = pause_a_holder(ctx)
+    worker, name, _, token = pause_a_holder(ctx, mid_work=True)
     for p in ctx.fc.paths[worker]:
         p.blackhole()
     ctx.worker(worker).resume()  # running again, but alone

@@ -577,23 +577,9 @@ class EtcdMember:
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
                 log.write(f"### etcdlock.testing {stamp}: start #{self._starts + 1}: {argv}\n".encode())
                 log.flush()
-                preexec = _make_preexec_fn()
-                cwd = str(self._base_dir)
-                env = _child_env()
-
-                def popen() -> subprocess.Popen[bytes]:
-                    return subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        close_fds=True,
-                        cwd=cwd,
-                        env=env,
-                        preexec_fn=preexec,
-                    )
-
-                self._proc = _SPAWNER.spawn(popen)
+                self._proc = spawn_child(
+                    argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(self._base_dir), env=_child_env()
+                )
             # Our copy of the log fd is closed here; the child keeps its own.
             self._paused = False
             self._starts += 1
