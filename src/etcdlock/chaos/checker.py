@@ -214,6 +214,21 @@ class FaultContext:
     def wait(self, cond: object, timeout: float, what: str) -> None:
         wait_for(cond, timeout, what)
 
+    def wait_taken_over(self, name: str, token: int, from_whom: str) -> dict[str, Any]:
+        """Wait until another process acquires NAME after the holder with TOKEN; its acquire event."""
+
+        def taken() -> dict[str, Any] | None:
+            return next(
+                (e for e in self.events.of("acquire") if e["name"] == name and e["token"] > token), None
+            )
+
+        self.wait(
+            lambda: taken() is not None, self.cfg.ttl + 20, f"another process to take {name} from {from_whom}"
+        )
+        found = taken()
+        assert found is not None
+        return found
+
     def holder(self, name: str) -> tuple[str, int, int] | None:
         """(worker, lease, token) of NAME's current holder per etcd, or None."""
         r = self.observer.get(name + "/", prefix=True, sort_order="ascend", sort_target="create", limit=1)

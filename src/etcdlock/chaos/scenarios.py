@@ -99,12 +99,7 @@ def holder_paused(ctx: FaultContext) -> None:
     ctx.mark_fault()
     worker, name, _, token = pause_a_holder(ctx, mid_work=True)
     paused = time.monotonic()
-    ctx.wait(
-        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
-        ctx.cfg.ttl + 20,
-        f"another process to take {name} from the paused {worker}",
-    )
-    taken_by = next(e for e in ctx.events.of("acquire") if e["name"] == name and e["token"] > token)
+    taken_by = ctx.wait_taken_over(name, token, f"the paused {worker}")
     ctx.hold(0.5)  # stay stopped a little longer, while the new holder works
     resumed = time.monotonic()
     ctx.worker(worker).resume()
@@ -135,11 +130,7 @@ def holder_partitioned(ctx: FaultContext) -> None:
     for p in ctx.fc.paths[worker]:
         p.blackhole()
     ctx.worker(worker).resume()  # running again, but alone
-    ctx.wait(
-        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
-        ctx.cfg.ttl + 20,
-        f"another process to take {name} from the cut-off {worker}",
-    )
+    ctx.wait_taken_over(name, token, f"the cut-off {worker}")
     learned = [
         e
         for e in ctx.events.all()
@@ -160,11 +151,7 @@ def holder_killed(ctx: FaultContext) -> None:
     lock; the leftover check waits for that expiry."""
     ctx.mark_fault()
     worker, name, _, token = pause_a_holder(ctx, kill=True)
-    ctx.wait(
-        lambda: any(e["name"] == name and e["token"] > token for e in ctx.events.of("acquire")),
-        ctx.cfg.ttl + 20,
-        f"another process to take {name} from the killed {worker}",
-    )
+    ctx.wait_taken_over(name, token, f"the killed {worker}")
     ctx.checks.append("another process took the lock after its holder was killed")
     ctx.details.append(f"{worker} killed holding {name}")
     ctx.mark_healed()
