@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from etcdlock import Client, LeaseNotFoundError
+from etcdlock import Client, ClientClosedError, LeaseNotFoundError
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core import batch
 
@@ -102,4 +102,24 @@ async def test_cancelled_queued_request_has_no_effect(
         await task
     await blocker
     await client.put(f"{ns}after", "x")  # a round trip later, nothing of the cancelled request landed
+    assert (await client.get(key)).count == 0
+
+
+async def test_closing_answers_requests_whose_send_task_never_ran(
+    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send task cancelled before its first step runs none of its code: without the batcher's close()
+    its callers would wait forever. (Here on a live client: cancel_all + close() are what Client.close does.)"""
+    blocker = await _backed_up(client, ns, monkeypatch)
+    key = f"{ns}never/k".encode()
+    task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"never", key))
+    await asyncio.sleep(0)
+    b = client._batcher
+    b._flush(True)  # the queued request now belongs to a send task that has not run yet ...
+    assert not b._pending
+    await client._tasks.cancel_all()  # ... and is cancelled before it runs, as when the client closes
+    b.close()
+    with pytest.raises(ClientClosedError, match="closed before this request was answered"):
+        await asyncio.wait_for(task, 5)
+    await blocker
     assert (await client.get(key)).count == 0

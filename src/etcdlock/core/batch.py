@@ -30,14 +30,18 @@ from dataclasses import dataclass, field
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection
-from etcdlock.core.errors import ConnectionFailedError, EtcdError, EtcdTimeoutError
+from etcdlock.core.errors import ClientClosedError, ConnectionFailedError, EtcdError, EtcdTimeoutError
 from etcdlock.core.tasks import TaskOwner
 
 MAX_BATCH = 64  # etcd's default --max-txn-ops is 128
 MAX_IN_FLIGHT = 2
 
 
-@dataclass
+def _closed() -> ClientClosedError:
+    return ClientClosedError("the etcdlock client was closed before this request was answered")
+
+
+@dataclass(eq=False)  # compared and hashed by identity
 class _Entry:
     request: pb.TxnRequest
     conflict: bytes
@@ -46,11 +50,6 @@ class _Entry:
     future: asyncio.Future[pb.TxnResponse] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-def _consume(future: asyncio.Future[pb.TxnResponse]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class TxnBatcher:
@@ -63,6 +62,7 @@ class TxnBatcher:
         self._in_flight = 0
         self._scheduled = False
         self._urgent_scheduled = False
+        self._waiting: set[_Entry] = set()  # entries whose caller awaits them
         self.batches_sent = 0
         self.requests_batched = 0
 
@@ -84,19 +84,25 @@ class TxnBatcher:
             # this loop turn, so that releases made together go out together.
             if not self._urgent_scheduled:
                 self._urgent_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_urgent)
+                asyncio.get_running_loop().call_soon(self._flush, True)
         else:
             self._schedule()
+        # The caller awaits the entry's own future (no shield: one event-loop turn less on every reply).
+        # Cancelling the caller cancels that future: a request still queued is then never sent (the flush
+        # skips it), one in flight completes unread.
+        self._waiting.add(entry)
         try:
-            return await asyncio.shield(entry.future)
-        except asyncio.CancelledError:
+            return await entry.future
+        finally:
+            self._waiting.discard(entry)
+
+    def close(self) -> None:
+        """The client is closing and its tasks are cancelled: answer every caller still waiting, including
+        those whose flush or send task was cancelled before it ran."""
+        self._pending.clear()
+        for entry in list(self._waiting):
             if not entry.future.done():
-                if entry in self._pending:
-                    self._pending.remove(entry)  # never sent: no effect at all
-                    entry.future.cancel()
-                else:
-                    entry.future.add_done_callback(_consume)  # in flight: nobody will read its outcome
-            raise
+                entry.future.set_exception(_closed())
 
     def _worth_waiting(self, conflict: bytes) -> bool:
         """Queue only when it can pay: MAX_IN_FLIGHT RPCs are out and another lock name is in flight, so
@@ -124,15 +130,21 @@ class TxnBatcher:
     def _schedule(self) -> None:
         if self._pending and not self._scheduled and self._in_flight < MAX_IN_FLIGHT:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush, False)
 
-    def _flush_urgent(self) -> None:
-        self._urgent_scheduled = False
-        self._flush(force=True)
-
-    def _flush(self, force: bool = False) -> None:
-        if not force:
+    def _flush(self, urgent: bool) -> None:
+        """Runs one loop turn after it was scheduled, so that requests made in the same turn go together."""
+        if urgent:
+            self._urgent_scheduled = False
+        else:
             self._scheduled = False
+        for batch in self._take_batches(force=urgent):
+            self._tasks.spawn(self._send(*batch), "txn-batch")
+
+    def _take_batches(self, force: bool) -> list[tuple[list[_Entry], set[bytes], set[bytes]]]:
+        """Group the queue into batches (as many as the in-flight cap allows, unless forced) and mark
+        them in flight."""
+        batches: list[tuple[list[_Entry], set[bytes], set[bytes]]] = []
         while self._pending and (force or self._in_flight < MAX_IN_FLIGHT):
             batch: list[_Entry] = []
             names: set[bytes] = set()
@@ -150,11 +162,12 @@ class TxnBatcher:
                     orders.add(e.order)
             self._pending.extendleft(reversed(kept))
             if not batch:
-                return
+                break
             self._in_flight += 1
             self._busy |= orders
             self._names_in_flight.update(names)
-            self._tasks.spawn(self._send(batch, orders, names), "txn-batch")
+            batches.append((batch, orders, names))
+        return batches
 
     async def _send(self, batch: list[_Entry], orders: set[bytes], names: set[bytes]) -> None:
         try:
@@ -184,7 +197,7 @@ class TxnBatcher:
         except BaseException as e:  # cancelled (client closing) or a bug: nobody may wait forever
             for entry in batch:
                 if not entry.future.done():
-                    entry.future.set_exception(e if isinstance(e, Exception) else EtcdError("client closed"))
+                    entry.future.set_exception(e if isinstance(e, Exception) else _closed())
             if not isinstance(e, Exception):
                 raise
         finally:

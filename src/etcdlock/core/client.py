@@ -153,6 +153,7 @@ class Client:
         if self._watches is not None:
             await self._watches.close()
         await self._tasks.cancel_all()
+        self._batcher.close()
         await self._conn.close()
 
     @property

@@ -54,18 +54,35 @@ async def shielded(coro: Coroutine[Any, Any, Any], timeout: float) -> None:
     If the caller is cancelled meanwhile, the cleanup still runs to completion (or its deadline) in its own
     task, and the caller's CancelledError is re-raised afterwards.
     """
+    loop = asyncio.get_running_loop()
+    # The caller waits on `finished`, which the cleanup settles itself as its last step: one event-loop
+    # turn from the cleanup's end to the caller, where asyncio.shield(task) takes two (task done ->
+    # shield's callback -> caller). Under load every turn waits behind everyone else's ready callbacks.
+    finished: asyncio.Future[None] = loop.create_future()
 
     async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await coro
+        try:
+            async with asyncio.timeout(timeout):
+                await coro
+        except asyncio.CancelledError:
+            finished.cancel()
+            raise
+        except Exception as e:
+            if not finished.done():
+                finished.set_exception(e)
+        else:
+            if not finished.done():
+                finished.set_result(None)
 
-    task = asyncio.get_running_loop().create_task(bounded(), name="etcdlock:cleanup")
+    task = loop.create_task(bounded(), name="etcdlock:cleanup")
     try:
-        await asyncio.shield(task)
+        await finished  # cancelling the caller cancels only this future, never the cleanup's task
     except asyncio.CancelledError:
-        # The caller was cancelled; let the cleanup finish before propagating.
-        with contextlib.suppress(BaseException):
-            await task
+        # The caller was cancelled: the cleanup finishes (within its own deadline) before that propagates,
+        # however many more cancellations arrive meanwhile (asyncio.wait never cancels what it waits on).
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
         raise
     except TimeoutError:
         # Cleanup that misses its own deadline (etcd unreachable, a leader election) is not the caller's
