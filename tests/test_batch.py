@@ -10,7 +10,8 @@ import pytest
 
 from etcdlock import Client, ClientClosedError, LeaseNotFoundError
 from etcdlock._wire import rpc_pb2 as pb
-from etcdlock.core import batch
+from etcdlock.testing import FaultProxy
+from tests.waiting import wait_until
 
 
 def put_if_absent(key: bytes, lease: int = 0) -> pb.TxnRequest:
@@ -59,12 +60,9 @@ async def test_same_order_key_applies_in_call_order(client: Client, ns: str) -> 
     assert (await client.get(key)).count == 0
 
 
-async def _backed_up(
-    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
-) -> asyncio.Task[pb.TxnResponse]:
-    """One request of another name in flight with a cap of 1: whatever is submitted next queues behind it
-    and goes out as one batch when it returns."""
-    monkeypatch.setattr(batch, "MAX_IN_FLIGHT", 1)
+async def _backed_up(client: Client, ns: str) -> asyncio.Task[pb.TxnResponse]:
+    """One request of another name in flight: whatever is submitted next queues, and what is queued in one
+    loop turn goes out together at the end of it."""
     key = f"{ns}blocker/k".encode()
     blocker = asyncio.create_task(client.txn_batched(put_if_absent(key), b"blocker", key))
     await asyncio.sleep(0)  # let it go out
@@ -72,8 +70,8 @@ async def _backed_up(
     return blocker
 
 
-async def test_a_bad_request_fails_alone(client: Client, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocker = await _backed_up(client, ns, monkeypatch)
+async def test_a_bad_request_fails_alone(client: Client, ns: str) -> None:
+    blocker = await _backed_up(client, ns)
     sent = client._batcher.batches_sent
     good = [f"{ns}g{i}/k".encode() for i in range(5)]
     bad = f"{ns}bad/k".encode()
@@ -89,10 +87,8 @@ async def test_a_bad_request_fails_alone(client: Client, ns: str, monkeypatch: p
     assert (await client.get(ns, prefix=True)).count == 6  # 5 good + the blocker
 
 
-async def test_cancelled_queued_request_has_no_effect(
-    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    blocker = await _backed_up(client, ns, monkeypatch)
+async def test_cancelled_queued_request_has_no_effect(client: Client, ns: str) -> None:
+    blocker = await _backed_up(client, ns)
     key = f"{ns}c/k".encode()
     task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"c", key))
     await asyncio.sleep(0)
@@ -105,17 +101,16 @@ async def test_cancelled_queued_request_has_no_effect(
     assert (await client.get(key)).count == 0
 
 
-async def test_closing_answers_requests_whose_send_task_never_ran(
-    client: Client, ns: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_closing_answers_requests_whose_send_task_never_ran(client: Client, ns: str) -> None:
     """A send task cancelled before its first step runs none of its code: without the batcher's close()
-    its callers would wait forever. (Here on a live client: cancel_all + close() are what Client.close does.)"""
-    blocker = await _backed_up(client, ns, monkeypatch)
+    its callers would wait forever. (On a live client here: cancel_all + close() is what Client.close does.)
+    """
+    blocker = await _backed_up(client, ns)
     key = f"{ns}never/k".encode()
     task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"never", key))
     await asyncio.sleep(0)
     b = client._batcher
-    b._flush(True)  # the queued request now belongs to a send task that has not run yet ...
+    b._flush()  # the queued request now belongs to a send task that has not run yet ...
     assert not b._pending
     await client._tasks.cancel_all()  # ... and is cancelled before it runs, as when the client closes
     b.close()
@@ -123,3 +118,29 @@ async def test_closing_answers_requests_whose_send_task_never_ran(
         await asyncio.wait_for(task, 5)
     await blocker
     assert (await client.get(key)).count == 0
+
+
+async def test_a_busy_client_sends_each_turns_requests_without_waiting_for_those_in_flight(
+    etcd_endpoints: list[str], ns: str
+) -> None:
+    """Requests queued in one loop turn go out at its end, however many RPCs are in flight: waiting for a
+    free slot would make all requests move in one convoy. A delaying proxy keeps the RPCs in flight."""
+    with FaultProxy(etcd_endpoints[0]).start() as proxy:
+        async with Client([proxy.endpoint]) as c:
+            await c.get("warm-up")
+            proxy.delay(0.5)
+            b = c._batcher
+            waves = []
+            for wave in range(3):  # each wave is made in one turn, while the waves before it are in flight
+                for i in range(4):
+                    name = f"{ns}w{wave}n{i}".encode()
+                    key = name + b"/k"
+                    waves.append(asyncio.create_task(c.txn_batched(put_if_absent(key), name, key)))
+                await asyncio.sleep(0)  # one turn: the wave's tasks run and queue (or go alone)
+                await wait_until(lambda: not b._pending, 5, "the wave went out")
+            assert b._in_flight >= 3, "a wave waited for an RPC in flight to return"
+            assert not any(t.done() for t in waves), "the proxy should still hold every reply"
+            proxy.pass_through()
+            replies = await asyncio.gather(*waves)
+            assert all(r.succeeded for r in replies)
+    assert b.requests_batched >= 9  # the first request of the first wave may go alone; the rest batched

@@ -8,11 +8,13 @@ flight together are sent as one outer Txn whose success branch holds each of the
     the same conflict key are never in one batch: everything in a batch commits at one revision, which
     must never give two keys of one lock name the same create_revision. Two requests with the same order
     key are never in flight at once, so they apply in call order (a cleanup after its acquire).
-  * A request goes out as itself, from the caller's own task, unless the client is backed up (MAX_IN_FLIGHT
-    RPCs out) with other lock names in flight, i.e. unless a batch is likely to form. So there is no
-    batching cost when idle, and none for many callers on one lock name (they could never share a batch).
-    An urgent request (a release: others wait for it) never waits; it goes at once, taking along whatever
-    is queued that may share its batch.
+  * A request goes out as itself, from the caller's own task, when no RPC of another lock name is in
+    flight: an idle client or a sequential caller pays nothing for batching, nor do many callers on one
+    lock name (they could never share a batch). Otherwise the client is busy, more requests are coming,
+    and it queues: everything queued in one event-loop turn goes out at the end of that turn, grouped
+    into as few RPCs as the rules allow (a group commit per turn). There is no cap on RPCs in flight:
+    a cap makes requests wait for a slot, and then all of them move in one convoy, each phase waiting
+    for the whole previous one; per-turn batches keep etcd and this process working at the same time.
   * If etcd rejects a batch (e.g. one nested put names an expired lease), each request is sent alone,
     so one bad request fails only its own caller.
   * Each nested reply gets the outer reply's header (nested replies carry none).
@@ -34,7 +36,6 @@ from etcdlock.core.errors import ClientClosedError, ConnectionFailedError, EtcdE
 from etcdlock.core.tasks import TaskOwner
 
 MAX_BATCH = 64  # etcd's default --max-txn-ops is 128
-MAX_IN_FLIGHT = 2
 
 
 def _closed() -> ClientClosedError:
@@ -61,32 +62,18 @@ class TxnBatcher:
         self._names_in_flight: Counter[bytes] = Counter()
         self._in_flight = 0
         self._scheduled = False
-        self._urgent_scheduled = False
         self._waiting: set[_Entry] = set()  # entries whose caller awaits them
         self.batches_sent = 0
         self.requests_batched = 0
 
     async def txn(
-        self,
-        request: pb.TxnRequest,
-        conflict: bytes,
-        order: bytes,
-        timeout: float | None = None,
-        *,
-        urgent: bool = False,
+        self, request: pb.TxnRequest, conflict: bytes, order: bytes, timeout: float | None = None
     ) -> pb.TxnResponse:
-        if order not in self._busy and not self._pending and not urgent and not self._worth_waiting(conflict):
+        if order not in self._busy and not self._pending and not self._busy_with_others(conflict):
             return await self._send_alone_now(request, conflict, order, timeout)
         entry = _Entry(request, conflict, order, timeout)
         self._pending.append(entry)
-        if urgent:
-            # A release frees a lock others may wait for: it never waits for the cap, only for the end of
-            # this loop turn, so that releases made together go out together.
-            if not self._urgent_scheduled:
-                self._urgent_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush, True)
-        else:
-            self._schedule()
+        self._schedule()
         # The caller awaits the entry's own future (no shield: one event-loop turn less on every reply).
         # Cancelling the caller cancels that future: a request still queued is then never sent (the flush
         # skips it), one in flight completes unread.
@@ -104,11 +91,8 @@ class TxnBatcher:
             if not entry.future.done():
                 entry.future.set_exception(_closed())
 
-    def _worth_waiting(self, conflict: bytes) -> bool:
-        """Queue only when it can pay: MAX_IN_FLIGHT RPCs are out and another lock name is in flight, so
-        a batch is likely to form. Requests all on one name could never share a batch; they go at once."""
-        if self._in_flight < MAX_IN_FLIGHT:
-            return False
+    def _busy_with_others(self, conflict: bytes) -> bool:
+        """An RPC of another lock name is in flight: queue, a batch is likely to form this turn."""
         return any(name != conflict for name in self._names_in_flight)
 
     async def _send_alone_now(
@@ -128,24 +112,21 @@ class TxnBatcher:
             self._schedule()
 
     def _schedule(self) -> None:
-        if self._pending and not self._scheduled and self._in_flight < MAX_IN_FLIGHT:
+        if self._pending and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, False)
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self, urgent: bool) -> None:
-        """Runs one loop turn after it was scheduled, so that requests made in the same turn go together."""
-        if urgent:
-            self._urgent_scheduled = False
-        else:
-            self._scheduled = False
-        for batch in self._take_batches(force=urgent):
+    def _flush(self) -> None:
+        """Runs at the end of the loop turn it was scheduled in: what was queued meanwhile goes together."""
+        self._scheduled = False
+        for batch in self._take_batches():
             self._tasks.spawn(self._send(*batch), "txn-batch")
 
-    def _take_batches(self, force: bool) -> list[tuple[list[_Entry], set[bytes], set[bytes]]]:
-        """Group the queue into batches (as many as the in-flight cap allows, unless forced) and mark
-        them in flight."""
+    def _take_batches(self) -> list[tuple[list[_Entry], set[bytes], set[bytes]]]:
+        """Group the queue into batches and mark them in flight. A request whose order key is in flight
+        stays queued; it is flushed when that RPC returns."""
         batches: list[tuple[list[_Entry], set[bytes], set[bytes]]] = []
-        while self._pending and (force or self._in_flight < MAX_IN_FLIGHT):
+        while self._pending:
             batch: list[_Entry] = []
             names: set[bytes] = set()
             orders: set[bytes] = set()

@@ -209,12 +209,11 @@ class Client:
         order: bytes,
         *,
         timeout: float | None = None,
-        urgent: bool = False,
     ) -> pb.TxnResponse:
         """A prebuilt Txn for the recipes' hot path, answered as the raw reply. It may share one RPC with
         concurrent requests (see batch.py): never with one of the same conflict key; requests of one order
         key are applied one after the other, in call order."""
-        return await self._batcher.txn(request, conflict, order, timeout, urgent=urgent)
+        return await self._batcher.txn(request, conflict, order, timeout)
 
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
         return await self._kv.compact(revision, physical=physical, timeout=timeout)
