@@ -144,3 +144,24 @@ async def test_a_busy_client_sends_each_turns_requests_without_waiting_for_those
             replies = await asyncio.gather(*waves)
             assert all(r.succeeded for r in replies)
     assert b.requests_batched >= 9  # the first request of the first wave may go alone; the rest batched
+
+
+async def test_the_wave_after_a_batch_goes_as_one_rpc(client: Client, ns: str) -> None:
+    """Callers woken by one batch send their next requests together: the first of them must not go alone
+    (nothing is in flight at that moment) and split the wave in two RPCs. Once the load is gone, a lone
+    request goes by itself again."""
+    b = client._batcher
+
+    async def wave(tag: str) -> None:
+        names = [f"{ns}{tag}{i}".encode() for i in range(5)]
+        calls = [client.txn_batched(put_if_absent(n + b"/k"), n, n + b"/k") for n in names]
+        replies = await asyncio.gather(*calls)
+        assert all(r.succeeded for r in replies)
+
+    await wave("a")  # the first request goes alone (nothing in flight), the four others as one batch
+    sent, batched = b.batches_sent, b.requests_batched
+    await wave("b")
+    assert (b.batches_sent - sent, b.requests_batched - batched) == (1, 5)
+    name = f"{ns}lone".encode()
+    await client.txn_batched(put_if_absent(name + b"/k"), name, name + b"/k")  # a batch of one ...
+    assert not b._after_batch  # ... after which requests go by themselves again

@@ -9,12 +9,12 @@ flight together are sent as one outer Txn whose success branch holds each of the
     must never give two keys of one lock name the same create_revision. Two requests with the same order
     key are never in flight at once, so they apply in call order (a cleanup after its acquire).
   * A request goes out as itself, from the caller's own task, when no RPC of another lock name is in
-    flight: an idle client or a sequential caller pays nothing for batching, nor do many callers on one
-    lock name (they could never share a batch). Otherwise the client is busy, more requests are coming,
-    and it queues: everything queued in one event-loop turn goes out at the end of that turn, grouped
-    into as few RPCs as the rules allow (a group commit per turn). There is no cap on RPCs in flight:
-    a cap makes requests wait for a slot, and then all of them move in one convoy, each phase waiting
-    for the whole previous one; per-turn batches keep etcd and this process working at the same time.
+    flight and the last RPC back was not a batch: an idle client or a sequential caller pays nothing for
+    batching, nor do many callers on one lock name (they could never share a batch). Otherwise the
+    client is busy, more requests are coming, and it queues: everything queued in one event-loop turn
+    goes out at the end of that turn, grouped into as few RPCs as the rules allow (a group commit per
+    turn). There is no cap on RPCs in flight: a cap makes requests wait for a slot, and then all of them
+    move in one convoy, each phase waiting for the whole previous one.
   * If etcd rejects a batch (e.g. one nested put names an expired lease), each request is sent alone,
     so one bad request fails only its own caller.
   * Each nested reply gets the outer reply's header (nested replies carry none).
@@ -62,6 +62,10 @@ class TxnBatcher:
         self._names_in_flight: Counter[bytes] = Counter()
         self._in_flight = 0
         self._scheduled = False
+        # A batch came back last: the callers it woke send their next requests in the coming turn, and
+        # sending the first of them alone (nothing is in flight at that moment) would split every such
+        # wave into two RPCs. Cleared by the next batch of one, i.e. once the load is gone.
+        self._after_batch = False
         self._waiting: set[_Entry] = set()  # entries whose caller awaits them
         self.batches_sent = 0
         self.requests_batched = 0
@@ -69,7 +73,12 @@ class TxnBatcher:
     async def txn(
         self, request: pb.TxnRequest, conflict: bytes, order: bytes, timeout: float | None = None
     ) -> pb.TxnResponse:
-        if order not in self._busy and not self._pending and not self._busy_with_others(conflict):
+        if (
+            order not in self._busy
+            and not self._pending
+            and not self._after_batch
+            and not self._busy_with_others(conflict)
+        ):
             return await self._send_alone_now(request, conflict, order, timeout)
         entry = _Entry(request, conflict, order, timeout)
         self._pending.append(entry)
@@ -153,6 +162,7 @@ class TxnBatcher:
     async def _send(self, batch: list[_Entry], orders: set[bytes], names: set[bytes]) -> None:
         try:
             if len(batch) == 1:
+                self._after_batch = False
                 await self._one(batch[0])
                 return
             timeout = max((e.timeout or self._conn.default_timeout) for e in batch)
@@ -170,6 +180,7 @@ class TxnBatcher:
                 return
             self.batches_sent += 1
             self.requests_batched += len(batch)
+            self._after_batch = True
             for entry, op in zip(batch, reply.responses, strict=True):
                 inner = op.response_txn
                 inner.header.CopyFrom(reply.header)
