@@ -66,7 +66,7 @@ async def _backed_up(client: Client, ns: str) -> asyncio.Task[pb.TxnResponse]:
     key = f"{ns}blocker/k".encode()
     blocker = asyncio.create_task(client.txn_batched(put_if_absent(key), b"blocker", key))
     await asyncio.sleep(0)  # let it go out
-    assert client._batcher._in_flight == 1
+    assert client._batcher.rpcs_in_flight == 1
     return blocker
 
 
@@ -138,7 +138,7 @@ async def test_a_busy_client_sends_each_turns_requests_without_waiting_for_those
                     waves.append(asyncio.create_task(c.txn_batched(put_if_absent(key), name, key)))
                 await asyncio.sleep(0)  # one turn: the wave's tasks run and queue (or go alone)
                 await wait_until(lambda: not b._pending, 5, "the wave went out")
-            assert b._in_flight >= 3, "a wave waited for an RPC in flight to return"
+            assert b.rpcs_in_flight >= 3, "a wave waited for an RPC in flight to return"
             assert not any(t.done() for t in waves), "the proxy should still hold every reply"
             proxy.pass_through()
             replies = await asyncio.gather(*waves)

@@ -60,13 +60,14 @@ class TxnBatcher:
         self._pending: deque[_Entry] = deque()
         self._busy: set[bytes] = set()  # order keys in flight
         self._names_in_flight: Counter[bytes] = Counter()
-        self._in_flight = 0
         self._scheduled = False
         # A batch came back last: the callers it woke send their next requests in the coming turn, and
         # sending the first of them alone (nothing is in flight at that moment) would split every such
         # wave into two RPCs. Cleared by the next batch of one, i.e. once the load is gone.
         self._after_batch = False
         self._waiting: set[_Entry] = set()  # entries whose caller awaits them
+        # Counters, read by tests and for diagnosis.
+        self.rpcs_in_flight = 0
         self.batches_sent = 0
         self.requests_batched = 0
 
@@ -107,13 +108,13 @@ class TxnBatcher:
     async def _send_alone_now(
         self, request: pb.TxnRequest, conflict: bytes, order: bytes, timeout: float | None
     ) -> pb.TxnResponse:
-        self._in_flight += 1
+        self.rpcs_in_flight += 1
         self._busy.add(order)
         self._names_in_flight[conflict] += 1
         try:
             return await self._conn.unary(methods.TXN, request, timeout)
         finally:
-            self._in_flight -= 1
+            self.rpcs_in_flight -= 1
             self._busy.discard(order)
             self._names_in_flight[conflict] -= 1
             if not self._names_in_flight[conflict]:
@@ -153,7 +154,7 @@ class TxnBatcher:
             self._pending.extendleft(reversed(kept))
             if not batch:
                 break
-            self._in_flight += 1
+            self.rpcs_in_flight += 1
             self._busy |= orders
             self._names_in_flight.update(names)
             batches.append((batch, orders, names))
@@ -193,7 +194,7 @@ class TxnBatcher:
             if not isinstance(e, Exception):
                 raise
         finally:
-            self._in_flight -= 1
+            self.rpcs_in_flight -= 1
             self._busy -= orders
             self._names_in_flight.subtract(names)
             for name in names:
