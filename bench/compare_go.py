@@ -78,22 +78,10 @@ def main() -> int:
         endpoint = cluster.endpoints[0]
         version = subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         go_cmd = [str(go), "-endpoint", endpoint, "-d", f"{args.duration}s", "-label", "go"]
-        py_cmd = [
-            sys.executable,
-            str(HERE / "lock_bench.py"),
-            "--endpoint",
-            endpoint,
-            "-d",
-            str(args.duration),
-        ]
-        raw_cmd = [
-            sys.executable,
-            str(HERE / "raw_grpc.py"),
-            "--endpoint",
-            endpoint,
-            "-d",
-            str(args.duration),
-        ]
+        py_cmd, raw_cmd = (
+            [sys.executable, str(HERE / script), "--endpoint", endpoint, "-d", str(args.duration)]
+            for script in ("lock_bench.py", "raw_grpc.py")
+        )
         for name, go_args, py_args, target in SCENARIOS:
             go_runs: list[dict[str, str]] = []
             py_runs: list[dict[str, str]] = []
