@@ -101,7 +101,7 @@ async def hold_and_write(
         for seq in range(cfg.writes):
             try:
                 if not cfg.ignore_loss:
-                    lock.ensure_held()
+                    await lock.ensure_held()
             except LockLost as e:
                 log.emit("stopped", name=name, token=token, reason=str(e))
                 return
