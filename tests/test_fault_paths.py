@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from etcdlock import Client, ConnectionFailedError, EtcdTimeoutError, LockLost
+from etcdlock import Client, ConfigError, ConnectionFailedError, EtcdTimeoutError, LockLost
 from etcdlock.core.tasks import backoff
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.waiting import wait_until
@@ -180,3 +180,79 @@ async def test_a_silent_member_does_not_use_up_a_read_s_timeout(proxies: list[Fa
             assert time.monotonic() - started < 3
         finally:
             proxies[0].pass_through()
+
+
+async def test_a_waiter_cut_off_past_its_lease_fails_at_its_local_deadline_not_after_cleanup(
+    etcd_cluster3: EtcdCluster, proxies: list[FaultProxy], ns: str
+) -> None:
+    """The waiter's cleanup cannot reach etcd (black hole); LockLost must still come at the lease's local
+    deadline, with the cleanup going on in the background (its 5 s deadline would come much later)."""
+    ttl = 3
+    name = ns + "deadline"
+    async with Client(etcd_cluster3.endpoints) as holder_client, Client([proxies[0].endpoint]) as c:
+        holder = await holder_client.lock(name, ttl=30).acquire()
+        try:
+            waiting = asyncio.ensure_future(c.lock(name, ttl=ttl, timeout=60).acquire())
+            await wait_until(lambda: len(etcd_keys(etcd_cluster3, name)) == 2, timeout=10, what="the queue")
+            keepalive = c._lease.keepalive  # the waiter's one lease
+            (lease_id,) = keepalive.lease_ids()
+            keeper = keepalive._registry[lease_id]
+            proxies[0].blackhole()
+            loop = asyncio.get_running_loop()
+            with pytest.raises(LockLost):
+                await asyncio.wait_for(waiting, ttl + 5)
+            raised_at = loop.time()
+            # The local deadline (margin included) had passed, and LockLost came right at it: well before
+            # a cleanup that waits for the network could have ended.
+            assert keeper.lost.is_set()
+            assert raised_at - keeper.expires_at < 1.0, f"{raised_at - keeper.expires_at:.2f}s late"
+        finally:
+            proxies[0].pass_through()
+            await holder.release()
+    assert c.resources().total() == 0
+    await wait_until(lambda: not etcd_keys(etcd_cluster3, name), timeout=ttl + 5, what="no key left")
+
+
+async def test_the_lease_margin_fires_lost_before_etcd_may_expire_the_lease(
+    etcd_cluster3: EtcdCluster, proxies: list[FaultProxy], ns: str
+) -> None:
+    ttl, margin = 4, 1.5
+    async with Client([proxies[0].endpoint], lease_margin=margin) as c:
+        async with c.lock(ns + "margin", ttl=ttl, timeout=10) as held:
+            keeper = held.mutex.session.keeper
+            assert keeper.margin == margin and keeper.interval == pytest.approx((ttl - margin) / 3)
+            renewals = keeper.renewals
+            await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal")
+            proxies[0].blackhole()  # no renewal gets through any more
+            await asyncio.wait_for(held.lost.wait(), ttl + 2)
+            fired = asyncio.get_running_loop().time()
+            # expires_at = last successful renewal's send time + TTL - margin: etcd keeps the lease until
+            # at least expires_at + margin, and the loss was declared before that.
+            assert keeper.expires_at <= fired < keeper.expires_at + margin
+        proxies[0].pass_through()
+    with pytest.raises(ConfigError):
+        Client(lease_margin=-1)
+    with pytest.raises(ConfigError):
+        Client(lease_margin=float("nan"))
+    with pytest.raises(ConfigError):
+        Client(lease_margin=True)
+
+
+async def test_a_held_lock_survives_a_restart_of_its_only_member(etcd_fresh: EtcdCluster, ns: str) -> None:
+    """Reconnecting after the member comes back is prompt (gRPC's reconnect backoff is bounded), so the
+    renewals resume well inside the lease's TTL and the lock is not lost."""
+    ttl = 5
+    async with (
+        Client(etcd_fresh.endpoints, timeout=2) as c,
+        c.lock(ns + "restart", ttl=ttl, timeout=10) as held,
+    ):
+        keeper = held.mutex.session.keeper
+        renewals = keeper.renewals
+        await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal")
+        # In a thread: the client's loop must keep running (and failing to renew) while etcd is down.
+        await asyncio.to_thread(etcd_fresh.members[0].stop)
+        renewals = keeper.renewals
+        await asyncio.to_thread(etcd_fresh.members[0].start)
+        await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal after the restart")
+        assert not held.lost.is_set(), held.lost_reason
+        await held.ensure_held()

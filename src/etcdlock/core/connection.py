@@ -86,10 +86,11 @@ def _explained(details: str) -> str:
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # Reconnect quickly when a member comes back; gRPC's defaults back off up to two minutes.
+    # Reconnect quickly when a member comes back; gRPC's defaults back off up to two minutes, and even 2 s
+    # let a restarted member's clients keep failing long enough for a short lease to lapse.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     # Detect a silent peer (partition, paused member) on open streams. etcd refuses pings more frequent
     # than 5 s (its keepalive enforcement policy) and pings without active calls.
     ("grpc.keepalive_time_ms", 10_000),
