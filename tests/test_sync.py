@@ -122,3 +122,19 @@ def test_close_is_idempotent(etcd_endpoints: list[str]) -> None:
     c.close()
     c.close()
     assert not c.loop_thread.is_alive()
+
+
+def test_sync_txn_and_ensure_held_raise_lock_lost_once_the_lock_is_gone(
+    sync_client: SyncClient, ns: str
+) -> None:
+    from etcdlock import LockLost, Op
+
+    with sync_client.lock(ns + "txn", ttl=30, timeout=5) as held:
+        held.ensure_held()
+        assert held.txn([], [Op.put(ns + "data", "1")]).succeeded
+        sync_client.delete(held.key)  # deleted from outside the lock
+        with pytest.raises(LockLost):
+            held.txn([], [Op.put(ns + "data", "2")])
+        with pytest.raises(LockLost):
+            held.ensure_held()
+    assert sync_client.get(ns + "data").kvs[0].value == b"1"
