@@ -57,7 +57,7 @@ async def test_a_black_holed_member_is_left_and_a_held_lock_survives(
             renewals = keeper.renewals
             await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal elsewhere")
             assert not held.lost.is_set(), held.lost_reason
-            held.ensure_held()
+            await held.ensure_held()
         # Released through another member; the waiter's watch must have followed its client off the
         # silent member to see the deletion.
         lock = await asyncio.wait_for(waiting, 20)
@@ -123,12 +123,12 @@ async def test_a_process_frozen_past_its_ttl_learns_it_lost_the_lock_before_doin
     ttl = 2
     async with Client(etcd.endpoints) as c:
         async with c.lock(ns + "frozen", ttl=ttl, timeout=5) as held:
-            held.ensure_held()
+            await held.ensure_held()
             keeper = held.mutex.session.keeper
             assert keeper.remaining() > 0
             time.sleep(ttl + 0.2)  # noqa: ASYNC251 - the fault itself: the process stands still past the TTL
             with pytest.raises(LockLost, match="no successful keepalive within the TTL"):
-                held.ensure_held()
+                await held.ensure_held()
             assert held.lost.is_set() and not held.held
         assert c.resources().keepalive_leases == 0
 

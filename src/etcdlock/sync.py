@@ -23,6 +23,7 @@ from etcdlock.core.client import Resources
 from etcdlock.core.connection import TLSConfig
 from etcdlock.core.errors import ClientClosedError
 from etcdlock.core.kv import RangeOptions
+from etcdlock.core.lease import DEFAULT_LEASE_MARGIN
 from etcdlock.core.txn import Compare, Op
 from etcdlock.core.types import (
     DeleteResult,
@@ -57,6 +58,7 @@ class SyncClient:
         username: str | None = None,
         password: str | None = None,
         tls: TLSConfig | None = None,
+        lease_margin: float = DEFAULT_LEASE_MARGIN,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="etcdlock-loop", daemon=True)
@@ -65,7 +67,12 @@ class SyncClient:
 
         async def make() -> Client:
             return await Client(
-                endpoints, timeout=timeout, username=username, password=password, tls=tls
+                endpoints,
+                timeout=timeout,
+                username=username,
+                password=password,
+                tls=tls,
+                lease_margin=lease_margin,
             ).connect()
 
         try:
@@ -300,10 +307,7 @@ class SyncLock:
     def ensure_held(self) -> None:
         """Raise LockLost unless the lock is still mine at this moment (see Lock.ensure_held)."""
 
-        async def check() -> None:  # on the loop thread: it may fire the loss, which touches loop objects
-            self._lock.ensure_held()
-
-        self._client._call(check())
+        self._client._call(self._lock.ensure_held())
 
     def txn(
         self,

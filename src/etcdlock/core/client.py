@@ -15,7 +15,7 @@ from etcdlock.core.batch import TxnBatcher
 from etcdlock.core.connection import Connection, TLSConfig
 from etcdlock.core.errors import EtcdError
 from etcdlock.core.kv import KV, RangeOptions
-from etcdlock.core.lease import KeepAlive, Leases
+from etcdlock.core.lease import DEFAULT_LEASE_MARGIN, KeepAlive, Leases, check_lease_margin
 from etcdlock.core.tasks import TaskOwner
 from etcdlock.core.txn import Compare, Op
 from etcdlock.core.types import (
@@ -62,6 +62,10 @@ class Client:
 
     ``async with Client(["127.0.0.1:2379"]) as client: ...``. Every call takes ``timeout`` (seconds; the
     client's ``timeout`` by default) and fails over to the next endpoint when one is unavailable.
+
+    ``lease_margin`` (seconds, default 1): every lease this client keeps alive counts as lost this much
+    before the earliest moment etcd may expire it, because a renewal answered by a leader that was already
+    deposed extends nothing (at most half the TTL).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class Client:
         password: str | None = None,
         tls: TLSConfig | None = None,
         watch_buffer: int = DEFAULT_MAX_BUFFER,
+        lease_margin: float = DEFAULT_LEASE_MARGIN,
     ) -> None:
         self._conn = Connection(
             endpoints, tls=tls, username=username, password=password, default_timeout=timeout
@@ -83,6 +88,7 @@ class Client:
         self._leases: Leases | None = None
         self._watches: Watches | None = None
         self._watch_buffer = watch_buffer
+        self._lease_margin = check_lease_margin(lease_margin)
         self._closed = False
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
 
@@ -90,7 +96,7 @@ class Client:
     @property
     def _lease(self) -> Leases:
         if self._leases is None:
-            self._leases = Leases(self._conn, self._tasks)
+            self._leases = Leases(self._conn, self._tasks, self._lease_margin)
         return self._leases
 
     @property

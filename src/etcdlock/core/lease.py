@@ -30,6 +30,22 @@ log = logging.getLogger("etcdlock.lease")
 # etcd refuses TTLs below its minimum (a few election timeouts) by raising them; we only reject nonsense.
 MAX_TTL = 9_000_000_000
 
+# How much sooner than the server may expire a lease the client counts it lost. A renewal is answered by the
+# member the client talks to; if that member is a leader cut off from the others that has not stepped down
+# yet, its answer extends nothing: the new leader keeps the lease for TTL + its election timeout from its
+# election. A deposed leader keeps answering for up to about one election timeout longer than that when
+# every member has the same election timeout (etcd's default is 1 s), so the default covers exactly that.
+# Clusters whose members have longer or unequal election timeouts need a larger margin (see README).
+DEFAULT_LEASE_MARGIN = 1.0
+
+
+def check_lease_margin(margin: object) -> float:
+    if isinstance(margin, bool) or not isinstance(margin, int | float):
+        raise ConfigError(f"lease_margin must be a number of seconds, not {type(margin).__name__}")
+    if not 0 <= margin < float("inf"):
+        raise ConfigError(f"lease_margin must be a finite number of seconds >= 0, got {margin!r}")
+    return float(margin)
+
 
 def check_ttl(ttl: int) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
@@ -42,22 +58,28 @@ def check_ttl(ttl: int) -> int:
 class KeepAlive:
     """Handle of one lease kept alive by the client. Fires `lost` once, never un-fires."""
 
-    def __init__(self, manager: KeepAliveManager, lease_id: int, ttl: int, granted_at: float) -> None:
+    def __init__(
+        self, manager: KeepAliveManager, lease_id: int, ttl: int, granted_at: float, margin: float
+    ) -> None:
         self._manager = manager
         self.id = lease_id
         self.ttl = ttl
+        # Never more than half the TTL, so a short lease still has room to be renewed.
+        self.margin = min(margin, ttl / 2.0)
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
         self.renewals = 0
-        # Local deadline: the server keeps the lease at least until (send time of last success + TTL).
-        self.expires_at = granted_at + ttl
+        # Local deadline: the server keeps the lease at least until (send time of last success + TTL); we
+        # count it lost `margin` sooner, in case the member that answered was a deposed leader.
+        self.expires_at = granted_at + ttl - self.margin
         self.next_send = granted_at + self.interval
         self.sent_at: float | None = None
         self._callbacks: list[Callable[[str], None]] = []
 
     @property
     def interval(self) -> float:
-        return max(self.ttl / 3.0, 0.2)
+        """Renew three times within the part of the TTL the client trusts."""
+        return max((self.ttl - self.margin) / 3.0, 0.2)
 
     @property
     def stall_after(self) -> float:
@@ -125,9 +147,10 @@ class KeepAlive:
 class KeepAliveManager:
     """Owns the one LeaseKeepAlive stream of a client and the registry of leases kept alive on it."""
 
-    def __init__(self, conn: Connection, tasks: TaskOwner) -> None:
+    def __init__(self, conn: Connection, tasks: TaskOwner, margin: float = DEFAULT_LEASE_MARGIN) -> None:
         self._conn = conn
         self._tasks = tasks
+        self.margin = check_lease_margin(margin)
         self._registry: dict[int, KeepAlive] = {}
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[Any] | None = None
@@ -147,7 +170,7 @@ class KeepAliveManager:
             raise ClientClosedError("the etcdlock client is closed")
         if lease_id in self._registry:
             raise ConfigError(f"lease {lease_id:x} is already kept alive by this client")
-        keeper = KeepAlive(self, lease_id, ttl, granted_at)
+        keeper = KeepAlive(self, lease_id, ttl, granted_at, self.margin)
         self._registry[lease_id] = keeper
         self._arm_deadline(keeper.expires_at)
         if self._runner is None:
@@ -297,7 +320,7 @@ class KeepAliveManager:
                     self._lose(keeper, "lease expired or was revoked on the server (keepalive TTL=0)")
                     continue
                 sent = keeper.sent_at if keeper.sent_at is not None else loop.time()
-                keeper.expires_at = max(keeper.expires_at, sent + reply.TTL)
+                keeper.expires_at = max(keeper.expires_at, sent + reply.TTL - keeper.margin)
                 keeper.sent_at = None
                 keeper.renewals += 1
         except asyncio.CancelledError:
@@ -334,9 +357,9 @@ class KeepAliveManager:
 class Leases:
     """Lease RPCs plus the keepalive manager."""
 
-    def __init__(self, conn: Connection, tasks: TaskOwner) -> None:
+    def __init__(self, conn: Connection, tasks: TaskOwner, margin: float = DEFAULT_LEASE_MARGIN) -> None:
         self._conn = conn
-        self.keepalive = KeepAliveManager(conn, tasks)
+        self.keepalive = KeepAliveManager(conn, tasks, margin)
 
     async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
         reply = await self._conn.unary(
@@ -379,4 +402,12 @@ class Leases:
         return self.keepalive.register(lease_id, ttl, now if granted_at is None else granted_at)
 
 
-__all__ = ["KeepAlive", "KeepAliveManager", "Leases", "check_ttl", "translate"]
+__all__ = [
+    "DEFAULT_LEASE_MARGIN",
+    "KeepAlive",
+    "KeepAliveManager",
+    "Leases",
+    "check_lease_margin",
+    "check_ttl",
+    "translate",
+]

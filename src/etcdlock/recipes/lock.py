@@ -92,11 +92,11 @@ class Lock:
         """Held and not known lost (the body of `async with` may still be running after a loss)."""
         return self._mutex is not None and self._mutex.held and self._mutex.lost_reason is None
 
-    def ensure_held(self) -> None:
+    async def ensure_held(self) -> None:
         """Raise LockLost unless the lock is still mine at this moment (see Mutex.ensure_held)."""
         if self._mutex is None:
             raise LockLost(f"lock {self.name!r} is not held")
-        self._mutex.ensure_held()
+        await self._mutex.ensure_held()
 
     def is_owner(self) -> Compare:
         return self.mutex.is_owner()
@@ -175,6 +175,11 @@ class Lock:
         try:
             self._mutex = Mutex(self._session, self.name)
             await how(self._mutex)  # type: ignore[misc]
+        except LockLost:
+            # Raised at the loss, on time: giving back what is left may wait for the network, so it goes
+            # on in the background (shielded, own deadline; the lease's TTL covers what it cannot reach).
+            self._client.spawn_owned(self._drop(), f"lock-drop:{self.name}")
+            raise
         except BaseException:
             await self._drop()
             raise

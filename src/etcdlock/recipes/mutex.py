@@ -27,6 +27,7 @@ Where we do better than Go, staying wire-compatible (the keys we write are exact
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -90,6 +91,8 @@ class Mutex:
         self._queue: NameWatch | None = None
         self._interest: Interest | None = None
         self._lost_callbacks: list[Callable[[str], None]] = []
+        self._acquiring: asyncio.Task[Any] | None = None  # the task acquiring, interrupted by a loss
+        self._interrupted = False
 
     @property
     def client(self) -> Client:
@@ -103,16 +106,23 @@ class Mutex:
     def lease(self) -> int:
         return self.session.lease_id
 
-    def ensure_held(self) -> None:
-        """Raise LockLost unless the lock is held right now, by the lease's local deadline read from the
-        clock at this moment (not by the last timer tick, which a stopped process has not seen yet).
+    async def ensure_held(self) -> None:
+        """Raise LockLost unless the lock is held right now.
 
-        Call it before each step that acts on what the lock protects: a process resumed after a pause
-        past its TTL learns here that it lost the lock, before doing more work."""
+        The lease's local deadline is read from the clock at this moment (not from the last timer tick,
+        which a stopped process has not seen yet). While a deletion of my key could have gone unseen (the
+        name's watcher is starting, resyncing after compaction, or resuming on another connection), etcd is
+        asked: one linearizable read of my key. Call it before each step that acts on what the lock
+        protects: a process resumed after a pause past its TTL learns here that it lost the lock."""
         if self._held and self.lost_reason is None:
             self.session.keeper.check()  # past the deadline: fires the session's loss, and so ours
         if not self._held or self.lost_reason is not None:
             raise LockLost(self._lost_message() if self.lost_reason else f"lock {self.name!r} is not held")
+        if self._queue is not None and self._queue.in_doubt:
+            await self._confirm_key(f"lock key {self.key.decode()} is gone from etcd")
+            self.session.keeper.check()  # the read may have taken us past the deadline
+            if self.lost_reason is not None:
+                raise LockLost(self._lost_message())
 
     def is_owner(self) -> Compare:
         """A compare that holds only while this lock is mine; put it in your own Txn."""
@@ -128,8 +138,26 @@ class Mutex:
         *,
         timeout: float | None = None,
     ) -> TxnResult:
-        """A Txn that applies `success` only while I still own the lock (and `compare` holds)."""
-        return await self.client.txn([self.is_owner(), *compare], success, failure, timeout=timeout)
+        """A Txn that applies `success` only while I still own the lock (and `compare` holds).
+
+        Raises LockLost when it was not applied because the lock is no longer mine; a result with
+        ``succeeded=False`` means my lock was intact and one of `compare` failed."""
+        if self.lost_reason is not None:
+            raise LockLost(self._lost_message())
+        # My key is read on the failure branch too, so a failure says in the same round trip whose
+        # compare failed: mine (lock lost) or the caller's.
+        mine = Op.get(self.key, keys_only=True)
+        r = await self.client.txn(
+            [self.is_owner(), *compare], success, [*(failure or []), mine], timeout=timeout
+        )
+        if r.succeeded:
+            return r
+        *responses, own = r.responses
+        assert isinstance(own, GetResult)
+        if not own.kvs or own.kvs[0].create_revision != self.token:
+            self._mark_lost(f"lock key {self.key.decode()} was gone at revision {r.header.revision}")
+            raise LockLost(self._lost_message())
+        return dataclasses.replace(r, responses=responses)
 
     def add_lost_callback(self, fn: Callable[[str], None]) -> None:
         """fn(reason) runs once when the lock is lost (at once if it already is)."""
@@ -141,49 +169,75 @@ class Mutex:
     # ---- acquire ----
 
     async def acquire(self, timeout: float | None = None) -> None:
-        """Wait until the lock is mine. LockTimeout after `timeout` seconds (None: wait forever)."""
+        """Wait until the lock is mine. LockTimeout after `timeout` seconds (None: wait forever).
+
+        LockLost as soon as the lock is lost while acquiring (the lease's local deadline passed, or my key
+        was deleted), even in the middle of a call to etcd; its cleanup then goes on in the background."""
         check_lock_timeout(timeout)
         self._claim_name()
         deadline = asyncio.timeout(timeout)
-        queue = self._queue
-        assert queue is not None
-        queue.begin_acquire()
         try:
             async with deadline:
-                await self._acquire()
-        except BaseException as e:
-            queue.end_acquire()
-            await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
-            if deadline.expired() and isinstance(e, TimeoutError):
-                raise LockTimeout(
-                    f"lock {self.name!r} not acquired within {timeout:g}s; nothing was left behind"
-                ) from None
-            raise
-        queue.end_acquire()
+                await self._while_interruptible_by_loss(self._acquire())
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise LockTimeout(
+                f"lock {self.name!r} not acquired within {timeout:g}s; nothing was left behind"
+            ) from None
         self._held = True
 
     async def try_acquire(self) -> bool:
         """Take the lock only if it is free right now; never waits and leaves no key behind if not."""
         self._claim_name()
-        queue = self._queue
-        assert queue is not None
-        queue.begin_acquire()
-        try:
-            my_rev, _, below, complete = await self._create_key()
-            await self._watching_my_key(my_rev)
-            if not complete and not below:
-                _, below, complete = await self._lower_keys(my_rev)
-            free = not below and complete
-        except BaseException:
-            queue.end_acquire()
-            await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
-            raise
-        queue.end_acquire()
-        if not free:
+        if not await self._while_interruptible_by_loss(self._try_acquire()):
             await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
             return False
         self._held = True
         return True
+
+    async def _try_acquire(self) -> bool:
+        my_rev, _, below, complete = await self._create_key()
+        await self._watching_my_key(my_rev)
+        if not complete and not below:
+            _, below, complete = await self._lower_keys(my_rev)
+        return not below and complete
+
+    async def _while_interruptible_by_loss(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run an acquisition in the caller's task; a loss meanwhile interrupts it at once and raises
+        LockLost (the lease's local deadline must not wait for a call to etcd that may never come back).
+
+        Every way out but success gives the key back: awaited on timeout, error or cancellation (shielded,
+        own deadline); in the background after a loss, so LockLost is raised on time."""
+        queue = self._queue
+        assert queue is not None
+        queue.begin_acquire()
+        self._acquiring = asyncio.current_task()
+        try:
+            result = await work
+        except BaseException as e:
+            queue.end_acquire()
+            lost = isinstance(e, LockLost) or self._interrupted_by_loss(e)
+            if lost:
+                self.client.spawn_owned(
+                    shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT), f"lock-cleanup:{self.name}"
+                )
+            else:
+                await shielded(self._cleanup(delete_key=True), CLEANUP_TIMEOUT)
+            if lost and not isinstance(e, LockLost):
+                raise LockLost(self._lost_message()) from None
+            raise
+        finally:
+            self._acquiring = None
+        queue.end_acquire()
+        return result
+
+    def _interrupted_by_loss(self, error: BaseException) -> bool:
+        """Was this CancelledError ours (from _mark_lost) and nobody else's?"""
+        if not self._interrupted or not isinstance(error, asyncio.CancelledError):
+            return False
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     def _claim_name(self) -> None:
         if self.session.closed or self.session.lost.is_set():
@@ -205,29 +259,29 @@ class Mutex:
         queue, interest = self._queue, self._interest
         assert queue is not None and interest is not None
         my_rev, read_rev, below, complete = await self._create_key()
-        watched_from = await self._watching_my_key(my_rev)
+        await self._watching_my_key(my_rev)
         if complete and not below:
             return
-        must_read = read_rev < watched_from
         while True:
-            if must_read or interest.stale:
-                # What we know predates the watcher (or the watcher restarted): read the queue again.
-                interest.stale = must_read = False
+            # The queue refuses a read it cannot vouch for (older than its watcher's coverage, or taken
+            # while the watcher restarts): then wait until the watcher is live and read again.
+            if not queue.wait_for(interest, below, read_rev):
+                await self._until_lost(queue.live())
                 read_rev, below, complete = await self._lower_keys(my_rev)
                 if complete and not below:
                     return
-            if not queue.wait_for(interest, below, read_rev):
-                must_read = True
                 continue
             await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
             if self.lost.is_set():
                 raise LockLost(self._lost_message())
-            if interest.stale:
-                continue
             self.wakeups += 1
             if complete:
                 return  # every key below mine is gone, and (same watcher, in order) mine is not
-            must_read = True  # more keys were below mine than one read returns: read the next ones
+            # More keys were below mine than one read returns: read the next ones.
+            await self._until_lost(queue.live())
+            read_rev, below, complete = await self._lower_keys(my_rev)
+            if complete and not below:
+                return
 
     async def _create_key(self) -> tuple[int, int, list[bytes], bool]:
         """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
@@ -244,7 +298,8 @@ class Mutex:
             my_rev = r.responses[0].response_range.kvs[0].create_revision
             below, complete = [], False
         self.token = my_rev
-        assert self._queue is not None
+        assert self._queue is not None and self._interest is not None
+        self._interest.own_revision = my_rev
         deleted = self._queue.own_key_deleted_after(self.key, my_rev)
         if deleted is not None:
             self._own_key_deleted(deleted)
@@ -252,23 +307,26 @@ class Mutex:
             raise LockLost(self._lost_message())
         return my_rev, r.header.revision, below, complete
 
-    async def _watching_my_key(self, my_rev: int) -> int:
-        """Make sure the queue watcher sees every deletion of my key from its creation on; returns the
-        revision the watcher started from.
+    async def _watching_my_key(self, my_rev: int) -> None:
+        """Make sure a deletion of my key from its creation on cannot go unseen.
 
-        The watcher starts "from now" (etcd serves it live). If it started after my key was created, a
-        deletion in between would go unseen, so read my key once: still there with my revision, or lost.
-        With a lingering watcher (the usual case) it started long ago and this costs nothing."""
+        The queue's watcher covers deletions after the revision it started from (or last resynced at).
+        If that is after my key was created, a deletion in between would go unseen, so read my key once:
+        still there with my revision, or lost. With a lingering watcher (the usual case) it started long
+        ago and this costs nothing."""
         assert self._queue is not None
-        watched_from = self._queue.watcher.created_revision
-        if not self._queue.watcher.created.is_set():  # a new watcher: wait for etcd's create reply
-            watched_from = await self._until_lost(self._queue.created_revision())
+        watched_from = self._queue.covered_from
+        if self._queue.in_doubt:
+            watched_from = await self._until_lost(self._queue.live())
         if watched_from > my_rev:
-            r = await self.client.get(self.key, keys_only=True)
-            if not r.kvs or r.kvs[0].create_revision != my_rev:
-                self._mark_lost(f"lock key {self.key.decode()} vanished right after it was created")
-                raise LockLost(self._lost_message())
-        return watched_from
+            await self._confirm_key(f"lock key {self.key.decode()} vanished right after it was created")
+
+    async def _confirm_key(self, reason: str) -> None:
+        """Read my key (linearizable): LockLost unless it is still there with my revision."""
+        r = await self.client.get(self.key, keys_only=True)
+        if not r.kvs or r.kvs[0].create_revision != self.token:
+            self._mark_lost(reason)
+            raise LockLost(self._lost_message())
 
     def _acquire_request(self) -> pb.TxnRequest:
         """If my key does not exist: create it on my lease and read the top of the queue; else read my key.
@@ -369,6 +427,12 @@ class Mutex:
         self.lost.set()
         if self._interest is not None:
             self._interest.turn.set()  # a waiter wakes up to learn it lost
+        acquiring = self._acquiring
+        if acquiring is not None and acquiring is not asyncio.current_task() and not acquiring.done():
+            # It may be in a call to etcd that will not come back before its own timeout (a partition):
+            # interrupt it, so LockLost comes at the loss, not after the call gives up.
+            self._interrupted = True
+            acquiring.cancel("etcdlock: lock lost while acquiring")
         callbacks, self._lost_callbacks = self._lost_callbacks, []
         for fn in callbacks:
             try:

@@ -8,6 +8,14 @@ locks of NAME, with no watch created or cancelled per acquisition. Events of one
 order, so when the last key below mine is reported deleted, a deletion of my own key before it has already
 been reported: "all keys below mine are gone and mine is not" needs no extra read.
 
+Gap-free restarts. The watcher starts "from now" the first time; etcd's create reply names the revision W
+from which it reports every deletion, and any read of the queue at a revision >= W can be trusted together
+with it. When a watch resume comes back compacted (or etcd ends the watch), deletions between the last one
+seen and "now" are unknown, so the restart is a list-then-watch: read the whole queue at revision R, start
+the new watcher at R + 1, and settle every registered lock against that read (a key it waited for is gone:
+one fewer to wait for; its own key is gone or newer: lost). Until that is done the name is "in doubt":
+registrations are refused (the caller reads again once the watcher is live) and `ensure_held()` asks etcd.
+
 Deletions that arrive before a waiter registers its keys (the watch event can overtake the reply of the read
 that found them) are kept in `recent`, so registering never misses one. Only an acquisition in progress can
 need them, so they are kept only while one is (`acquiring`), and dropped when the last one finishes.
@@ -23,7 +31,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from etcdlock.core.client import Client
-from etcdlock.core.errors import EtcdError
+from etcdlock.core.errors import CompactedError, EtcdError, WatchError
+from etcdlock.core.tasks import backoff
 from etcdlock.core.types import WatchEvent
 from etcdlock.core.watch import Watcher
 
@@ -39,9 +48,9 @@ class Interest:
     def __init__(self, own_key: bytes, on_own_deleted: Callable[[int], None]) -> None:
         self.own_key = own_key
         self.on_own_deleted = on_own_deleted
+        self.own_revision = 0  # my key's create_revision once known: a resync checks it is still there
         self.waiting_on: set[bytes] = set()
         self.turn = asyncio.Event()  # set when waiting_on became empty
-        self.stale = False  # the watcher restarted: what we know may be incomplete, read again
 
 
 class NameWatch:
@@ -60,12 +69,17 @@ class NameWatch:
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
         self.acquiring = 0  # local acquisitions between their first read and their outcome
         self.events = 0
-        self.watcher = self._new_watcher()
+        self.resyncs = 0  # list-then-watch restarts after a compacted or ended watch
+        # Reads of the queue at this revision or later can be trusted with the watcher: every deletion
+        # after it is dispatched (or settled by a resync). 0 while the watcher is not live yet.
+        self.covered_from = 0
+        self._live = asyncio.Event()
+        self.watcher = self._new_watcher(0)
         self._task = client.spawn_owned(self._supervise(), f"lock-queue:{name}")
         self.expiry: asyncio.TimerHandle | None = None
 
-    def _new_watcher(self) -> Watcher:
-        w = self.client.watch(self.prefix, prefix=True, no_put=True)
+    def _new_watcher(self, start_revision: int) -> Watcher:
+        w = self.client.watch(self.prefix, prefix=True, no_put=True, start_revision=start_revision)
         # Deletions are handled right on the stream's reader: a release wakes the next holder with no
         # extra task switch in between.
         w.on_events = self._on_events
@@ -76,9 +90,17 @@ class NameWatch:
         for event in events:
             self._dispatch(event.kv.key, event.revision)
 
-    async def created_revision(self) -> int:
-        """The revision from which this watcher sees every deletion (waits for etcd's create reply)."""
-        return await self.watcher.wait_created()
+    async def live(self) -> int:
+        """Wait until the watcher is live; returns the revision from which queue reads can be trusted."""
+        while not self._live.is_set():
+            await self._live.wait()
+        return self.covered_from
+
+    @property
+    def in_doubt(self) -> bool:
+        """True while a deletion under this name may have happened unseen: the watcher is being started
+        or resynced, or its stream is resuming on another connection."""
+        return not self._live.is_set() or self.watcher.watch_id is None
 
     @property
     def position(self) -> int:
@@ -111,7 +133,10 @@ class NameWatch:
     def wait_for(self, interest: Interest, keys: Iterable[bytes], read_revision: int) -> bool:
         """Register the keys (read at read_revision) that must all be deleted before interest's turn.
 
-        False if the deletions since read_revision are no longer all known (the caller reads again)."""
+        False if the deletions since read_revision are not all known (the watcher is not live, started
+        after the read, or the read is older than the remembered deletions): the caller reads again."""
+        if not self._live.is_set() or read_revision < self.covered_from:
+            return False
         if self.recent and len(self.recent) == self.recent.maxlen and self.recent[0][0] > read_revision:
             return False
         pending = set(keys)
@@ -140,7 +165,13 @@ class NameWatch:
     # ---- watcher supervision ----
 
     async def _supervise(self) -> None:
-        """Events arrive through _on_events; this only wakes up when the watcher ends."""
+        """Events arrive through _on_events; this starts the watcher and restarts it when it ends."""
+        try:
+            self.covered_from = await self.watcher.wait_created()
+            self._live.set()
+        except EtcdError as e:
+            log.info("lock queue watch on %s could not start (%s); resyncing", self.name, e)
+            await self._resync()
         while True:
             try:
                 await self.watcher.next_event()
@@ -148,15 +179,44 @@ class NameWatch:
             except StopAsyncIteration:
                 return  # closed
             except EtcdError as e:
-                # Compaction on resume, overflow, server cancel: start over from now and have everyone
-                # read again; nothing may be assumed about deletions we did not see.
-                log.info("lock queue watch on %s ended (%s); restarting", self.name, e)
-                self.watcher.cancel()
-                self.watcher = self._new_watcher()
-                for interest in list(self.interests):
-                    interest.stale = True
-                    self._unwait(interest)
-                    interest.turn.set()
+                # Compaction on resume, server cancel: deletions since the last one seen are unknown.
+                log.info("lock queue watch on %s ended (%s); resyncing", self.name, e)
+                await self._resync()
+
+    async def _resync(self) -> None:
+        """List, then watch from the list's revision + 1, then settle every lock against the list.
+
+        Repeated until the new watcher is created (a compaction may overtake the read again)."""
+        self._live.clear()
+        self.resyncs += 1
+        failures = 0
+        while not self.client.closed:
+            self.watcher.cancel()
+            try:
+                listed = await self.client.get(self.prefix, prefix=True, keys_only=True)
+                self.watcher = self._new_watcher(listed.header.revision + 1)
+                await self.watcher.wait_created()
+            except (CompactedError, WatchError) as e:
+                log.info("lock queue watch on %s: resync overtaken (%s); again", self.name, e)
+                continue
+            except EtcdError as e:
+                failures += 1
+                log.info("lock queue watch on %s: resync read failed (%s); retrying", self.name, e)
+                await asyncio.sleep(backoff(failures))
+                continue
+            self._settle(listed.header.revision, {kv.key: kv.create_revision for kv in listed.kvs})
+            self.covered_from = listed.header.revision
+            self._live.set()
+            return
+
+    def _settle(self, revision: int, present: dict[bytes, int]) -> None:
+        """Apply what a full read of the queue at `revision` says to every registered lock."""
+        for key in [k for k in self._by_key if k not in present]:
+            self._dispatch_deleted(key)
+        for interest in list(self.interests):
+            mine = interest.own_revision
+            if mine and mine <= revision and present.get(interest.own_key) != mine:
+                interest.on_own_deleted(revision)
 
     def begin_acquire(self) -> None:
         self.acquiring += 1
@@ -173,6 +233,10 @@ class NameWatch:
         owner = self._own.get(key)
         if owner is not None:
             owner.on_own_deleted(revision)
+        self._dispatch_deleted(key)
+
+    def _dispatch_deleted(self, key: bytes) -> None:
+        """Key is gone: it is one fewer for its waiters to wait for."""
         for interest in self._by_key.pop(key, ()):
             interest.waiting_on.discard(key)
             if not interest.waiting_on:

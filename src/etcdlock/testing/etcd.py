@@ -1,7 +1,8 @@
 """Start and stop real etcd processes on loopback, for tests.
 
-This module is deliberately independent of the rest of :mod:`etcdlock` (stdlib only), so it can
-be used to test the client itself as well as by our users' own test suites.
+This module is deliberately independent of the rest of :mod:`etcdlock` (stdlib only, plus the
+stdlib-only private :mod:`etcdlock._procutil` it shares with the CLI), so it can be used to test
+the client itself as well as by our users' own test suites.
 
 Typical use::
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -53,6 +52,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from etcdlock._procutil import die_with_parent_preexec
 from etcdlock.testing.peers import PeerRouter
 
 __all__ = [
@@ -279,42 +279,6 @@ def parse_prometheus_text(text: str) -> dict[str, float]:
 # Spawning children with PR_SET_PDEATHSIG
 # --------------------------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    fn: Callable[..., int] = prctl
-    return fn
-
-
-# Resolved once in the parent: the child only calls an already-prepared function pointer.
-_PRCTL = _load_prctl()
-
-
-def _make_preexec_fn() -> Callable[[], None] | None:
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-    parent_pid = os.getpid()
-    sigkill = int(signal.SIGKILL)
-
-    def preexec() -> None:  # runs in the forked child, before exec
-        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            # The parent died between fork() and prctl(): the signal will never come.
-            os._exit(1)
-
-    return preexec
-
 
 class _Spawner:
     """Forks every etcd child from one long-lived daemon thread.
@@ -369,7 +333,7 @@ def spawn_child(
 ) -> subprocess.Popen[bytes]:
     """Start a helper process (a test's worker, say) that is SIGKILLed if we die: forked from the same
     long-lived thread as etcd, with PR_SET_PDEATHSIG. The caller owns it and stops it by PID."""
-    preexec = _make_preexec_fn()
+    preexec = die_with_parent_preexec()
 
     def popen() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
