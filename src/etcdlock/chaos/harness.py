@@ -108,7 +108,9 @@ class FaultCluster:
 
     @property
     def direct_endpoints(self) -> list[str]:
-        return self.cluster.endpoints
+        """The members' own endpoints, last member first: faults aim at member 0 (where clients start),
+        so the checker's view (its deletion watch, above all) starts on a member they spare."""
+        return self.cluster.endpoints[::-1]
 
     def client_path(self, worker: str, first: int = 0) -> list[str]:
         """Endpoints for WORKER: new proxies of its own, one per member, starting with member FIRST (a

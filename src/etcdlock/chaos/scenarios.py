@@ -313,7 +313,9 @@ def _wait_learned_loss(ctx: FaultContext, worker: str, name: str, token: int, si
     took = round(float(learned["t"]) - since, 3)
     key = "loss learned after the fault, max s"
     ctx.metrics[key] = max(took, ctx.metrics.get(key, took))
-    ctx.details.append(f"{worker} learned it lost {name} by {learned['ev']} {took:.3f}s after the fault")
+    ctx.details.append(
+        f"{worker} learned it lost {name} {took:.3f}s after the fault ({learned['ev']}: {learned['reason']})"
+    )
 
 
 def _delete_a_holders_key(ctx: FaultContext, storm: CompactionStorm) -> None:
@@ -413,8 +415,11 @@ def slow_leader_isolated(ctx: FaultContext) -> None:
     taken = ctx.wait_taken_over(name, token, f"{worker} on the cut-off leader")
     ctx.metrics["another process acquired after the cut, s"] = round(float(taken["t"]) - cut, 2)
     learned = ctx.learned_loss(worker, token)
-    if learned is not None and learned["t"] < taken["t"]:
-        ctx.checks.append("the holder on the cut-off leader knew it lost the lock before another took it")
+    if learned is not None:
+        after = float(learned["t"]) - cut
+        ctx.details.append(f"{worker} learned {after:.2f}s after the cut: {learned['reason']}")
+        if learned["t"] < taken["t"]:
+            ctx.checks.append("the holder on the cut-off leader knew it lost the lock before another took it")
     ctx.details.append(f"{worker} held {name} on the cut-off leader; {taken['worker']} took it")
     _heal_partition(ctx)
 

@@ -110,6 +110,10 @@ async def check_ownership(
         if not result.succeeded:
             # Lock.txn must raise LockLost when its ownership compare fails; the checker counts this.
             raise LockLost(f"lock {lock.name!r}: txn failed without raising LockLost")
+        if not lock.held:
+            # The txn proved ownership when etcd ran it, but the loss may have been signalled before this
+            # task resumed: the fenced write below is guarded by what is known now, with no await between.
+            raise LockLost(f"lock {lock.name!r} lost while its txn came back: {lock.lost_reason}")
         via = "txn"
     else:
         await lock.ensure_held()
