@@ -40,18 +40,24 @@ def table(reports: list[RunReport], cfg: CheckerConfig, runs: int, command: str)
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- etcd: {etcd_version()}, 3 members on loopback (heartbeat 50 ms, election 500 ms), "
-        "each behind a fault-injecting TCP proxy",
+        "each behind a fault-injecting TCP proxy per worker; in the partition scenarios the members' peer "
+        "traffic goes through a router that cuts links between members",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
-        f"- workload per run: {cfg.workers} worker processes contend on {cfg.names} lock names "
-        f"(TTL {cfg.ttl} s, acquire timeout {cfg.acquire_timeout:g} s); each holder makes {cfg.writes} "
-        "writes 20 ms apart to a fenced resource, each after `ensure_held()` (150 writes, a hold of ~4 s, "
-        "in the scenarios aimed at a holder, so the fault finds it mid-work; their liveness includes "
-        "waiting out such holds)",
+        f"- workload per run, unless a scenario's description says otherwise: {cfg.workers} worker "
+        f"processes contend on {cfg.names} lock names (TTL {cfg.ttl} s, acquire timeout "
+        f"{cfg.acquire_timeout:g} s); each holder makes {cfg.writes} writes 20 ms apart to a fenced "
+        "resource, each after `await ensure_held()` (150 writes, a hold of ~4 s, in the scenarios aimed at "
+        "a holder, so the fault finds it mid-work; their liveness includes waiting out such holds); in "
+        "lease-revoked-during-txn-loops the check before each write is a guarded `lock.txn` instead",
         f"- command: `{command}`",
         "",
         "Violations counted (all must be 0): the resource accepting a stale token; a write sent after the "
         "holder was told `lost`; a write sent after a later holder had acquired the name (overlap); "
+        "an ownership check (`ensure_held()` or a guarded txn) asked after a later holder had acquired "
+        "the name, and passed (held-after-newer); a `lock.txn` that failed without raising LockLost, or "
+        "succeeded though sent after its lease was revoked; a holder not told of its loss within TTL + 10 s "
+        "of an outside deletion or revoke; "
         "an acquire that timed out (a missed wake-up); a worker crash; liveness failing (a name not "
         "acquired again after the "
         "heal). Leftovers are keys under the run's prefix and leases, after a clean shutdown (a killed "

@@ -40,6 +40,19 @@ def test_scenario(name: str, request: pytest.FixtureRequest) -> None:
             assert "the cut-off holder knew it lost the lock before another process took it" in report.checks
         if name == "holder-killed":
             assert "another process took the lock after its holder was killed" in report.checks
+        assert set(FACTS.get(name, ())) <= set(report.checks), report.summary()
+
+
+# What must have happened for a scenario's fault to have bitten, besides no violations.
+FACTS = {
+    "compaction-storm-resets": ["waiters went on through compactions every 50 ms and connection resets"],
+    "holder-key-deleted-during-compacted-restart": [
+        "another process took the lock after its holder's key was deleted from outside"
+    ],
+    "partition-leader-isolated": ["work went on through the other members while the leader was cut off"],
+    "partition-slow-leader-isolated": ["the cut-off leader still led when the others had elected a new one"],
+    "lease-revoked-during-txn-loops": ["another process took the lock after its holder's lease was revoked"],
+}
 
 
 def test_the_checker_catches_holders_that_ignore_loss() -> None:

@@ -270,6 +270,30 @@ async def test_blackhole_drops_everything_and_leaving_it_resets_those_connection
         assert await roundtrip(fresh, b"again") == b"again"
 
 
+async def test_cut_off_blackholes_only_the_chosen_sources_and_mending_resets_theirs(echo: EchoServer) -> None:
+    # Connections are made one at a time, so the order of accepts names them.
+    names = iter(["a", "b", "a-late"])
+    with FaultProxy(echo.endpoint, identify=lambda sock: next(names)) as proxy:
+        async with connect(proxy) as a, connect(proxy) as b:
+            assert await roundtrip(a, b"a1") == b"a1"
+            assert await roundtrip(b, b"b1") == b"b1"
+            proxy.cut_off(["a", "a-late"])
+            assert proxy.cut_sources == {"a", "a-late"} and proxy.mode == "pass_through"
+            a[1].write(b"lost")
+            await wait_until(lambda: proxy.bytes_dropped >= 4, timeout=IO_TIMEOUT, what="a's bytes dropped")
+            assert await roundtrip(b, b"b2") == b"b2"  # the other source is not touched
+            async with connect(proxy) as late:  # born cut: no upstream connection is made for it
+                late[1].write(b"lost-too")
+                await wait_until(lambda: proxy.bytes_dropped >= 12, timeout=IO_TIMEOUT, what="late bytes")
+                assert echo.accepted == 2
+                proxy.cut_off([])
+                await assert_reset(a[0])
+                await assert_reset(late[0])
+            assert await roundtrip(b, b"b3") == b"b3"
+    with FaultProxy(echo.endpoint) as plain, pytest.raises(RuntimeError, match="identify"):
+        plain.cut_off(["a"])
+
+
 async def test_blackhole_drops_data_already_queued_by_a_delay(echo: EchoServer, proxy: FaultProxy) -> None:
     async with connect(proxy) as stream:
         assert await roundtrip(stream, b"ping") == b"ping"

@@ -8,7 +8,12 @@ Violations (each must be 0):
   * overlap: a holder sent a write after a later holder of the same name had acquired it (mutual
     exclusion broken without the holder knowing);
   * acquire-timeout: an acquire waited out its timeout (longer than any fault): a missed wake-up;
-  * crash: a worker died on its own, or did not shut down cleanly when asked.
+  * held-after-newer: an ownership check (`ensure_held()`, or a guarded `lock.txn`) asked after a later
+    holder of the same name had acquired it, and passed;
+  * txn-failed-silently: `lock.txn` came back without success and without raising LockLost;
+  * txn-after-revoke: a guarded txn succeeded though it was sent after its lease was revoked from outside;
+  * crash: a worker died on its own, or did not shut down cleanly when asked;
+  * harness: a worker ran another copy of etcdlock than the checker's.
 Liveness: once the faults heal, every name is acquired again. Leftovers: after the clean shutdown no keys
 under the run's prefix and no leases remain (a SIGKILLed worker's lease is given its TTL to expire).
 Lost-signal latency: from the moment the lock was gone in etcd (its key deleted, as the checker's own
@@ -19,15 +24,18 @@ the holder knew before etcd deleted the key (the local deadline runs ahead of th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etcdlock.chaos.harness import FaultCluster, wait_for
+import etcdlock
+from etcdlock.chaos.harness import ClusterSpec, FaultCluster, wait_for
 from etcdlock.chaos.resource import FencedResource, stale_accepted
 from etcdlock.chaos.worker import WorkerConfig
 from etcdlock.core.errors import EtcdError
@@ -46,6 +54,40 @@ class CheckerConfig:
     # Both off only to prove the checker can fail: holders that ignore loss, a resource that does not fence.
     ignore_loss: bool = False
     fence: bool = True
+    lease_margin: float | None = None  # the workers' client lease margin; None: the library's default
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A scenario's departures from the checker's workload (None: the CheckerConfig value)."""
+
+    workers: int | None = None
+    names: int | None = None
+    ttl: int | None = None
+    # Writes per hold: a fault aimed at a holder must find it in the middle of its work (a hold of ~4 s
+    # at 150, longer than the TTL), not already releasing.
+    writes: int | None = None
+    txn_writes: bool = False  # holders check ownership by a guarded write to etcd (lock.txn)
+    # Bystanders: the last workers start on the other members (round robin) instead of member 0, with
+    # short holds; they take over when a fault on member 0 costs its holder the lock.
+    bystanders: int = 0
+    bystander_writes: int = 20
+
+    def applied_to(self, cfg: CheckerConfig) -> CheckerConfig:
+        return dataclasses.replace(
+            cfg,
+            workers=self.workers or cfg.workers,
+            names=self.names or cfg.names,
+            ttl=self.ttl or cfg.ttl,
+            writes=self.writes or cfg.writes,
+        )
+
+    def worker_at(self, i: int, cfg: CheckerConfig, members: int) -> tuple[int, int]:
+        """(first member, writes per hold) of worker I."""
+        bystander = i - (cfg.workers - self.bystanders)
+        if bystander < 0:
+            return 0, cfg.writes
+        return 1 + bystander % (members - 1), self.bystander_writes
 
 
 @dataclass
@@ -105,29 +147,38 @@ def fmt_ms(v: float | None) -> str:
 
 
 class Events:
-    """The workers' JSON-line logs, re-read on demand (they are written through as things happen)."""
+    """The workers' JSON-line logs, read on demand as they grow (they are written through as things
+    happen); only what was appended since the last read is parsed."""
 
     def __init__(self, paths: list[Path]) -> None:
         self._paths = paths
+        self._read_to = dict.fromkeys(paths, 0)  # bytes of complete lines parsed so far
+        self._parsed: dict[Path, list[dict[str, Any]]] = {path: [] for path in paths}
+        self._lock = threading.Lock()  # the checker's threads (a fault schedule's helpers) read too
 
     def all(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for path in self._paths:
-            out.extend(self._read(path))
+        with self._lock:
+            for path in self._paths:
+                out.extend(self._read(path))
         out.sort(key=lambda e: float(e["t"]))
         return out
 
-    @staticmethod
-    def _read(path: Path) -> Iterator[dict[str, Any]]:
+    def _read(self, path: Path) -> list[dict[str, Any]]:
         try:
-            lines = path.read_text().splitlines()
+            with open(path, "rb") as f:
+                f.seek(self._read_to[path])
+                fresh = f.read()
         except FileNotFoundError:
-            return
-        for line in lines:
+            return []
+        complete = fresh[: fresh.rfind(b"\n") + 1]  # a line still being written waits for the next read
+        self._read_to[path] += len(complete)
+        for line in complete.splitlines():
             try:
-                yield json.loads(line)
+                self._parsed[path].append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # the last line of a killed worker may be cut short
+        return self._parsed[path]
 
     def of(self, ev: str) -> list[dict[str, Any]]:
         return [e for e in self.all() if e["ev"] == ev]
@@ -184,7 +235,14 @@ class FaultContext:
     """What a scenario's fault schedule gets to work with."""
 
     def __init__(
-        self, fc: FaultCluster, observer: SyncClient, names: list[str], events: Events, cfg: CheckerConfig
+        self,
+        fc: FaultCluster,
+        observer: SyncClient,
+        names: list[str],
+        events: Events,
+        cfg: CheckerConfig,
+        *,
+        seed: int = 0,
     ) -> None:
         self.fc = fc
         self.observer = observer
@@ -195,6 +253,8 @@ class FaultContext:
         self.fault_at: float | None = None
         self.healed_at: float | None = None
         self.pauses: list[tuple[str, float, float]] = []  # (worker, paused at, resumed at)
+        self.revoked: list[tuple[int, float]] = []  # (lease, revoked from outside by) for txn-after-revoke
+        self.rng = random.Random(seed)  # a scenario's random choices: the same for the same run number
         self.killed: list[str] = []
         self.checks: list[str] = []
         self.details: list[str] = []
@@ -244,15 +304,32 @@ class FaultContext:
     def worker(self, name: str) -> Any:
         return next(w for w in self.fc.workers if w.cfg.worker == name)
 
+    def writes_done(self, worker: str, token: int) -> int:
+        return sum(1 for e in self.events.of("write") if e["worker"] == worker and e["token"] == token)
+
+    def learned_loss(self, worker: str, token: int) -> dict[str, Any] | None:
+        """WORKER's first sign that it lost the lock it got with TOKEN: its `lost` signal, or a check
+        that raised LockLost ("stopped"); None if it has not learned yet."""
+        return next(
+            (
+                e
+                for e in self.events.all()
+                if e["worker"] == worker and e.get("token") == token and e["ev"] in ("lost", "stopped")
+            ),
+            None,
+        )
+
 
 def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = None) -> RunReport:
-    cfg = cfg or CheckerConfig()
+    workload: Workload = scenario.workload
+    cfg = workload.applied_to(cfg or CheckerConfig())
     report = RunReport(scenario=scenario.name, run=run)
     started = time.monotonic()
     prefix = f"/chaos/{scenario.name}/{run}/"
     names = [f"{prefix}lock{i}" for i in range(cfg.names)]
+    cluster: ClusterSpec = scenario.cluster
     with (
-        FaultCluster() as fc,
+        FaultCluster(cluster) as fc,
         FencedResource(enforce=cfg.fence) as resource,
         SyncClient(fc.direct_endpoints) as observer,
     ):
@@ -262,28 +339,31 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
             for i in range(cfg.workers):
                 log_path = fc.dir / f"worker{i}.jsonl"
                 logs.append(log_path)
+                first, writes = workload.worker_at(i, cfg, len(fc.members))
                 fc.start_worker(
                     WorkerConfig(
                         worker=f"w{i}",
-                        endpoints=fc.client_path(f"w{i}"),
+                        endpoints=fc.client_path(f"w{i}", first=first),
                         names=names,
                         resource=resource.address,
                         log_path=str(log_path),
                         ttl=cfg.ttl,
                         acquire_timeout=cfg.acquire_timeout,
-                        writes=scenario.writes or cfg.writes,
+                        writes=writes,
                         seed=run * 1000 + i,
                         ignore_loss=cfg.ignore_loss,
+                        txn_writes=workload.txn_writes,
+                        lease_margin=cfg.lease_margin,
                     )
                 )
             events = Events(logs)
-            ctx = FaultContext(fc, observer, names, events, cfg)
-            ctx.writes_per_hold = scenario.writes or cfg.writes
+            ctx = FaultContext(fc, observer, names, events, cfg, seed=run)
             wait_for(
                 lambda: len(events.of("ready")) == cfg.workers,
                 cfg.liveness_timeout,
                 "every worker to connect",
             )
+            report.violations.extend(_foreign_imports(events))
             warm = time.monotonic()
             wait_for(
                 lambda: all(events.acquired_since(n, warm) for n in names),
@@ -335,6 +415,16 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
         _judge(report, events, resource, recorder, ctx, exits)
     report.duration_s = round(time.monotonic() - started, 1)
     return report
+
+
+def _foreign_imports(events: Events) -> list[str]:
+    """Workers are spawned with the checker's environment, so they must import the same etcdlock (a
+    stale installed copy would test other code than the one under test)."""
+    return [
+        f"harness: {e['worker']} imported {e['module']}, the checker {etcdlock.__file__}"
+        for e in events.of("start")
+        if e.get("module") != etcdlock.__file__
+    ]
 
 
 def _leftovers(
@@ -406,6 +496,8 @@ def _judge(
                 f"overlap: {w['worker']} wrote {w['name']} with token {w['token']} after "
                 f"{first['worker']} acquired it with token {first['token']}"
             )
+    report.violations.extend(_checks_after_newer(evs, acquires))
+    report.violations.extend(_txn_violations(evs, ctx.revoked))
     for e in evs:
         if e["ev"] == "timeout":
             report.violations.append(f"acquire-timeout: {e['worker']} on {e['name']} (missed wake-up?)")
@@ -430,6 +522,61 @@ def _judge(
         report.lost_latencies_ms.append(round((float(e["t"]) - max(ref_candidates)) * 1000, 1))
 
 
+def _checks_after_newer(evs: list[dict[str, Any]], acquires: list[dict[str, Any]]) -> list[str]:
+    """Ownership checks that passed though they were asked after a later holder had acquired the name.
+    Asked, not answered: a check that started before the other acquire may rightly pass."""
+    out = []
+    for c in (e for e in evs if e["ev"] == "checked"):
+        later = next(
+            (
+                a
+                for a in acquires
+                if a["name"] == c["name"] and a["token"] > c["token"] and a["t"] < c["asked"]
+            ),
+            None,
+        )
+        if later is not None:
+            late = c["asked"] - later["t"]
+            out.append(
+                f"held-after-newer: {c['worker']} passed {c['via']} on {c['name']} with token {c['token']} "
+                f"{late:.3f}s after {later['worker']} acquired it with token {later['token']}"
+            )
+    return out
+
+
+def _txn_violations(evs: list[dict[str, Any]], revoked: list[tuple[int, float]]) -> list[str]:
+    out = []
+    lease_of = {(a["worker"], a["token"]): a["lease"] for a in evs if a["ev"] == "acquire"}
+    revoked_at = dict(revoked)
+    for e in (e for e in evs if e["ev"] == "txn"):
+        if not e["ok"]:
+            out.append(f"txn-failed-silently: {e['worker']} on {e['name']} with token {e['token']}")
+            continue
+        t_revoked = revoked_at.get(lease_of.get((e["worker"], e["token"]), -1))
+        if t_revoked is not None and e["sent"] > t_revoked:
+            out.append(f"txn-after-revoke: {e['worker']} on {e['name']} with token {e['token']}")
+    return out
+
+
+def running_holder(
+    ctx: FaultContext, *, among: Collection[str] | None = None, early: float = 0.5, timeout: float = 30
+) -> tuple[str, str, int, int]:
+    """A worker (one of AMONG, if given) that holds a lock per etcd and has made fewer than EARLY of its
+    writes, so a fault now finds it with work still to do. Returns (worker, name, lease, token)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name in ctx.names:
+            found = ctx.holder(name)
+            if found is None:
+                continue
+            worker, lease, token = found
+            early_enough = ctx.writes_done(worker, token) < ctx.writes_per_hold * early
+            if (among is None or worker in among) and early_enough:
+                return worker, name, lease, token
+        time.sleep(0.01)  # poll the queue again (a condition wait with the deadline above)
+    raise AssertionError(f"no worker{' of ' + str(sorted(among)) if among else ''} caught early in a hold")
+
+
 def pause_a_holder(
     ctx: FaultContext, *, kill: bool = False, mid_work: bool = False
 ) -> tuple[str, str, int, int]:
@@ -449,8 +596,7 @@ def pause_a_holder(
             proc.pause()
             # Did it still hold the lock when it stopped? Its key must still be there.
             again = ctx.observer.get(f"{name}/{lease:x}", keys_only=True)
-            written = sum(1 for e in ctx.events.of("write") if e["worker"] == worker and e["token"] == token)
-            early = written < ctx.writes_per_hold / 2
+            early = ctx.writes_done(worker, token) < ctx.writes_per_hold / 2
             if again.kvs and again.kvs[0].create_revision == token and (early or not mid_work):
                 if kill:
                     proc.kill()

@@ -2,8 +2,9 @@
 member, lock worker processes, and the faults to apply to them.
 
 Clients (the workers) reach the members only through the proxies, so a proxy can cut one client path while
-etcd's own peer traffic flows on. The checker talks to the members directly: what it observes is not
-subject to the faults it injects.
+etcd's own peer traffic flows on; a cluster made with ClusterSpec(route_peers=True) carries that peer
+traffic through a PeerRouter, so links between members can be cut too. The checker talks to the members
+directly: what it observes is not subject to the faults it injects.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from etcdlock.chaos.worker import WorkerConfig
@@ -72,12 +75,22 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """How a scenario's cluster differs from three alike members talking to each other directly."""
+
+    route_peers: bool = False  # member-to-member traffic through a PeerRouter: links can be cut
+    member_args: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # etcd flags, by member
+
+
 class FaultCluster:
     """Three etcd members; each worker reaches them through proxies of its own (one per member), so a
     fault can cut one client off, or every client off one member, while etcd's peer traffic flows on."""
 
-    def __init__(self, size: int = 3) -> None:
-        self.cluster = EtcdCluster(size)
+    def __init__(self, spec: ClusterSpec | None = None, size: int = 3) -> None:
+        spec = spec or ClusterSpec()
+        self.spec = spec
+        self.cluster = EtcdCluster(size, member_args=spec.member_args, route_peers=spec.route_peers)
         self.paths: dict[str, list[FaultProxy]] = {}  # worker -> its proxy in front of each member
         self.workers: list[WorkerProcess] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="etcdlock-chaos-")
@@ -95,14 +108,18 @@ class FaultCluster:
 
     @property
     def direct_endpoints(self) -> list[str]:
-        return self.cluster.endpoints
+        """The members' own endpoints, last member first: faults aim at member 0 (where clients start),
+        so the checker's view (its deletion watch, above all) starts on a member they spare."""
+        return self.cluster.endpoints[::-1]
 
-    def client_path(self, worker: str) -> list[str]:
-        """Endpoints for WORKER: new proxies of its own, in member order (so it starts on member 0)."""
+    def client_path(self, worker: str, first: int = 0) -> list[str]:
+        """Endpoints for WORKER: new proxies of its own, one per member, starting with member FIRST (a
+        client starts on its first endpoint); `paths[worker]` keeps them in member order."""
         proxies = self.paths.setdefault(worker, [])
         for member in self.cluster.members[len(proxies) :]:
             proxies.append(FaultProxy(member.endpoint).start())
-        return [p.endpoint for p in proxies]
+        endpoints = [p.endpoint for p in proxies]
+        return endpoints[first:] + endpoints[:first]
 
     @property
     def proxies(self) -> list[FaultProxy]:
@@ -140,9 +157,11 @@ class FaultCluster:
         self.cluster.wait_healthy(timeout=30)
 
     def heal(self) -> None:
-        """Every proxy passes traffic, every member runs and is healthy."""
+        """Every proxy passes traffic, every link between members is up, every member runs and is healthy."""
         for p in self.proxies:
             p.pass_through()
+        if self.spec.route_peers:
+            self.cluster.peer_router.heal()
         for m in self.cluster.members:
             if m.is_paused:
                 m.resume()

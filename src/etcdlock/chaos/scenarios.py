@@ -3,11 +3,17 @@ the checker does the rest. Durations are the faults' own lengths (a pause must o
 
 from __future__ import annotations
 
+import contextlib
+import random
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
 
-from etcdlock.chaos.checker import FaultContext, pause_a_holder
+from etcdlock.chaos.checker import FaultContext, Workload, pause_a_holder, running_holder
+from etcdlock.chaos.harness import ClusterSpec
+from etcdlock.core.errors import EtcdError
 from etcdlock.testing import EtcdMember
 
 
@@ -16,9 +22,8 @@ class Scenario:
     name: str
     description: str
     inject: Callable[[FaultContext], None]
-    # Writes per hold, if not the checker's default: a fault aimed at a holder must find it in the middle
-    # of its work (a hold of ~4 s, longer than the TTL), not already releasing.
-    writes: int | None = None
+    workload: Workload = field(default_factory=Workload)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
 
 def _member_down(ctx: FaultContext, member: EtcdMember, *, kill: bool, down_for: float) -> None:
@@ -189,6 +194,255 @@ def cluster_restarted(ctx: FaultContext) -> None:
     ctx.mark_healed()
 
 
+class CompactionStorm:
+    """Compaction to the head every PERIOD seconds while each worker's connections are reset (RST, then
+    passing again) at random intervals within RESET_EVERY: watch streams keep restarting, and their
+    resumes keep asking for revisions compacted meanwhile. It runs in a thread of its own (a context
+    manager) while the scenario does the rest."""
+
+    def __init__(
+        self, ctx: FaultContext, *, period: float = 0.05, reset_every: tuple[float, float] = (0.3, 1.0)
+    ) -> None:
+        self._ctx = ctx
+        self._period = period
+        self._reset_every = reset_every
+        self._rng = random.Random(ctx.rng.random())
+        self._held: set[str] = set()  # workers a scenario keeps in reset: the storm leaves them alone
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="etcdlock-chaos-storm", daemon=True)
+        self._error: BaseException | None = None
+        self.compacted = 0  # the revision compacted to last
+        self.compactions = 0
+        self.resets = 0
+
+    def __enter__(self) -> CompactionStorm:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._ctx.metrics["compactions"] = self.compactions
+        self._ctx.metrics["connection resets"] = self.resets
+        if self._error is not None and et is None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            due = {worker: self._next_reset() for worker in self._ctx.fc.paths}
+            while not self._stop.wait(self._period):  # the storm's rhythm is the fault itself
+                self._compact_to_head()
+                now = time.monotonic()
+                for worker, at in due.items():
+                    if now >= at:
+                        self._reset(worker)
+                        due[worker] = self._next_reset()
+        except BaseException as e:
+            self._error = e
+
+    def _next_reset(self) -> float:
+        return time.monotonic() + self._rng.uniform(*self._reset_every)
+
+    def _compact_to_head(self) -> None:
+        rev = self._ctx.observer.get("/", count_only=True).header.revision
+        if rev > self.compacted:  # compacting one revision twice is an error; nothing was written since
+            self._ctx.observer.compact(rev)
+            self.compacted = rev
+            self.compactions += 1
+
+    def _reset(self, worker: str) -> None:
+        with self._lock:
+            if worker in self._held:
+                return
+            proxies = self._ctx.fc.paths[worker]
+            for p in proxies:
+                p.reset()
+            for p in proxies:
+                p.pass_through()
+            self.resets += 1
+
+    @contextlib.contextmanager
+    def resetting(self, worker: str) -> Iterator[None]:
+        """Reset every connection of WORKER, new ones too, until the block ends."""
+        with self._lock:
+            self._held.add(worker)
+            for p in self._ctx.fc.paths[worker]:
+                p.reset()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(worker)
+                for p in self._ctx.fc.paths[worker]:
+                    p.pass_through()
+            self.resets += 1
+
+
+def compaction_storm_resets(ctx: FaultContext) -> None:
+    """Many contenders on one name; compaction to the head every 50 ms while every worker's connections
+    are reset at random: each restart of a waiter's watch resumes from a compacted revision, and a wake-up
+    lost there leaves the waiter (and everyone queued behind it) waiting for its acquire timeout."""
+    ctx.mark_fault()
+    started = time.monotonic()
+    with CompactionStorm(ctx):
+        ctx.hold(9.0)
+    ctx.metrics["acquisitions during the storm"] = sum(
+        1 for e in ctx.events.of("acquire") if e["t"] > started
+    )
+    ctx.checks.append("waiters went on through compactions every 50 ms and connection resets")
+    ctx.mark_healed()
+
+
+def _wait_learned_loss(ctx: FaultContext, worker: str, name: str, token: int, since: float) -> None:
+    """Wait for WORKER to learn it lost NAME (token TOKEN) after the fault at SINCE: a failure if it does
+    not within the TTL and some, a metric of how long it took if it does."""
+    try:
+        ctx.wait(
+            lambda: ctx.learned_loss(worker, token) is not None,
+            ctx.cfg.ttl + 10,
+            f"{worker} to learn it lost {name}",
+        )
+    except AssertionError as e:
+        ctx.failures.append(f"not told of the loss: {e}")
+        return
+    learned = ctx.learned_loss(worker, token)
+    assert learned is not None
+    took = round(float(learned["t"]) - since, 3)
+    key = "loss learned after the fault, max s"
+    ctx.metrics[key] = max(took, ctx.metrics.get(key, took))
+    ctx.details.append(
+        f"{worker} learned it lost {name} {took:.3f}s after the fault ({learned['ev']}: {learned['reason']})"
+    )
+
+
+def _delete_a_holders_key(ctx: FaultContext, storm: CompactionStorm) -> None:
+    """Delete a running holder's key from outside while its connections are reset, and let them pass
+    again only once the deletion is compacted: its watch must resume from a compacted revision."""
+    deleted_at = None
+    while deleted_at is None:  # None: it let go between our look and the delete; catch the next one
+        worker, name, lease, token = running_holder(ctx)
+        with storm.resetting(worker):
+            deleted_at = _delete_and_compact(ctx, storm, f"{name}/{lease:x}")
+    _wait_learned_loss(ctx, worker, name, token, deleted_at)
+    ctx.wait_taken_over(name, token, f"{worker}, whose key was deleted")
+
+
+def _delete_and_compact(ctx: FaultContext, storm: CompactionStorm, key: str) -> float | None:
+    """Delete KEY; if it was there, wait for the storm to compact past the deletion. When it was deleted."""
+    result = ctx.observer.delete(key)
+    deleted_at = time.monotonic()
+    if not result.deleted:
+        return None
+    ctx.wait(lambda: storm.compacted >= result.header.revision, 10, "the storm to compact the deletion")
+    return deleted_at
+
+
+def holder_key_deleted_during_compacted_restart(ctx: FaultContext) -> None:
+    """During a compaction storm, the current holder's key is deleted from outside (not through the
+    worker) while its connections are reset, three times. Its watch resumes compacted; it must still
+    learn the key is gone (`lost`), and pass no ownership check once another process acquired."""
+    ctx.mark_fault()
+    with CompactionStorm(ctx) as storm:
+        for _ in range(3):
+            _delete_a_holders_key(ctx, storm)
+    ctx.checks.append("another process took the lock after its holder's key was deleted from outside")
+    ctx.mark_healed()
+
+
+def _leader_on_member_in_use(ctx: FaultContext) -> EtcdMember:
+    """Make the member every client starts on the leader: a fault on the leader must hit its clients."""
+    member = ctx.fc.member_in_use()
+    ctx.fc.cluster.transfer_leadership(member)
+    return member
+
+
+def _isolate(ctx: FaultContext, leader: EtcdMember) -> float:
+    """Cut LEADER off from the other members (its clients still reach it); wait for a leader among the
+    others. Returns when the cut was made."""
+    ctx.mark_fault()
+    ctx.fc.cluster.peer_router.isolate(leader.name)
+    cut = time.monotonic()
+    others = [m for m in ctx.fc.members if m is not leader]
+    ctx.wait(
+        lambda: any(m.is_leader(timeout=1.0) for m in others), 30, "a new leader among the other members"
+    )
+    ctx.metrics["new leader elected after the cut, s"] = round(time.monotonic() - cut, 2)
+    return cut
+
+
+def _heal_partition(ctx: FaultContext) -> None:
+    ctx.fc.cluster.peer_router.heal()
+    ctx.fc.cluster.wait_healthy(timeout=30)
+    ctx.mark_healed()
+
+
+def leader_isolated(ctx: FaultContext) -> None:
+    """The leader, the member every client uses, is cut off from the other members but not from its
+    clients. It steps down; the others elect a leader; clients must leave the member that no longer has
+    a say and go on there, before and after their leases run out on the new leader's side."""
+    leader = _leader_on_member_in_use(ctx)
+    cut = _isolate(ctx, leader)
+    ctx.wait(
+        lambda: all(
+            sum(1 for e in ctx.events.of("acquire") if e["name"] == n and e["t"] > cut) >= 2
+            for n in ctx.names
+        ),
+        45,
+        "every lock to be acquired twice on the majority's side while the old leader is cut off",
+    )
+    ctx.checks.append("work went on through the other members while the leader was cut off")
+    ctx.metrics["2 acquisitions per lock after the cut, s"] = round(time.monotonic() - cut, 2)
+    _heal_partition(ctx)
+
+
+def slow_leader_isolated(ctx: FaultContext) -> None:
+    """Member 0 leads with an election timeout of 3 s (the others 0.5 s) and is cut off from the others
+    while a worker on it holds the lock. The others elect a new leader within ~1 s and its clock starts
+    on the holder's lease; the old leader steps down only after 3-6 s and renews the holder's lease
+    until then. Bystanders on the other members take the lock when the new leader expires that lease;
+    the holder must have stopped by then (no ownership check passed, no write sent)."""
+    leader = _leader_on_member_in_use(ctx)
+    on_leader = {w for w, path in ctx.fc.paths.items() if ctx.worker(w).cfg.endpoints[0] == path[0].endpoint}
+    worker, name, _, token = running_holder(ctx, among=on_leader, early=0.25)
+    cut = _isolate(ctx, leader)
+    if leader.is_leader(timeout=1.0):
+        ctx.checks.append("the cut-off leader still led when the others had elected a new one")
+    ctx.wait(lambda: not leader.is_leader(timeout=1.0), 30, "the cut-off leader to step down")
+    ctx.metrics["cut-off leader stepped down after the cut, s"] = round(time.monotonic() - cut, 2)
+    taken = ctx.wait_taken_over(name, token, f"{worker} on the cut-off leader")
+    ctx.metrics["another process acquired after the cut, s"] = round(float(taken["t"]) - cut, 2)
+    learned = ctx.learned_loss(worker, token)
+    if learned is not None:
+        after = float(learned["t"]) - cut
+        ctx.details.append(f"{worker} learned {after:.2f}s after the cut: {learned['reason']}")
+        if learned["t"] < taken["t"]:
+            ctx.checks.append("the holder on the cut-off leader knew it lost the lock before another took it")
+    ctx.details.append(f"{worker} held {name} on the cut-off leader; {taken['worker']} took it")
+    _heal_partition(ctx)
+
+
+def lease_revoked_during_txn_loops(ctx: FaultContext) -> None:
+    """Holders check ownership with a write to etcd guarded by it (`lock.txn`) before each fenced write;
+    a holder's lease is revoked from outside mid-loop, three times. No txn may succeed after the revoke,
+    and the first that fails must raise LockLost rather than come back unsuccessful."""
+    ctx.mark_fault()
+    for _ in range(3):
+        worker, name, lease, token = running_holder(ctx)
+        try:
+            ctx.observer.revoke(lease)
+        except EtcdError:
+            continue  # it let go (and revoked) between our look and ours: catch the next one
+        revoked = time.monotonic()
+        ctx.revoked.append((lease, revoked))
+        _wait_learned_loss(ctx, worker, name, token, revoked)
+        ctx.wait_taken_over(name, token, f"{worker}, whose lease was revoked")
+    ctx.checks.append("another process took the lock after its holder's lease was revoked")
+    ctx.mark_healed()
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -216,13 +470,16 @@ SCENARIOS: dict[str, Scenario] = {
             "client-cut-off", "the proxy black-holes clients' first member until work went on", client_cut_off
         ),
         Scenario(
-            "holder-paused", "a holder is SIGSTOPped past its TTL, then SIGCONTed", holder_paused, writes=150
+            "holder-paused",
+            "a holder is SIGSTOPped past its TTL, then SIGCONTed",
+            holder_paused,
+            workload=Workload(writes=150),
         ),
         Scenario(
             "holder-partitioned",
             "a holder is black-holed from every member past its TTL",
             holder_partitioned,
-            writes=150,
+            workload=Workload(writes=150),
         ),
         Scenario("holder-killed", "a holder is SIGKILLed", holder_killed),
         Scenario(
@@ -231,5 +488,40 @@ SCENARIOS: dict[str, Scenario] = {
             compaction_while_waiting,
         ),
         Scenario("cluster-restarted", "all three members stopped and started again", cluster_restarted),
+        Scenario(
+            "compaction-storm-resets",
+            "8 workers on 1 name; compaction to the head every 50 ms for 9 s while each worker's "
+            "connections are reset every 0.3-1 s",
+            compaction_storm_resets,
+            workload=Workload(workers=8, names=1),
+        ),
+        Scenario(
+            "holder-key-deleted-during-compacted-restart",
+            "6 workers on 1 name; during a compaction storm, the holder's key is deleted from outside "
+            "while its connections are reset until the deletion is compacted (3 times)",
+            holder_key_deleted_during_compacted_restart,
+            workload=Workload(workers=6, names=1, writes=150),
+        ),
+        Scenario(
+            "partition-leader-isolated",
+            "the leader, which clients use, is cut off from the other members until work went on there",
+            leader_isolated,
+            cluster=ClusterSpec(route_peers=True),
+        ),
+        Scenario(
+            "partition-slow-leader-isolated",
+            "the leader (election timeout 3 s, the others 0.5 s), which a holder uses, is cut off from "
+            "the other members; 2 of 4 workers on the others; 1 name, TTL 5 s, holds of ~9 s",
+            slow_leader_isolated,
+            workload=Workload(workers=4, names=1, ttl=5, writes=400, bystanders=2),
+            cluster=ClusterSpec(route_peers=True, member_args={0: ("--election-timeout=3000",)}),
+        ),
+        Scenario(
+            "lease-revoked-during-txn-loops",
+            "holders check ownership by a guarded txn before each write; a holder's lease is revoked "
+            "from outside mid-loop (3 times)",
+            lease_revoked_during_txn_loops,
+            workload=Workload(txn_writes=True, writes=150),
+        ),
     ]
 }

@@ -1,9 +1,12 @@
 """A lock worker for the safety checker: one per process, run as `python -m etcdlock.chaos.worker CONFIG`.
 
 Loop until SIGTERM: pick a lock name, acquire it (own session, the plain `client.lock(...)` path), then
-make WRITES writes to the fenced resource, each preceded by `ensure_held()`: a holder that has been told it
-lost the lock stops there. Release, and go again. Every step is logged as one JSON line, written through
-at once, so the checker has the record even of a process it kills.
+make WRITES writes to the fenced resource, each preceded by `await ensure_held()`: a holder that has been
+told it lost the lock stops there. With txn_writes, the check before each write is a write to etcd guarded
+by ownership instead (`lock.txn`), which must raise LockLost once the lock is not ours. Release, and go
+again. Every step is logged as one JSON line, written through at once, so the checker has the record even
+of a process it kills; each ownership check that passed is logged as "checked", with the moment it was
+asked, so the checker can tell one that passed after another process had acquired the lock.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import etcdlock
 from etcdlock import Client
 from etcdlock.core.errors import EtcdError
+from etcdlock.core.txn import Op
 from etcdlock.recipes.errors import LockLost, LockTimeout
+from etcdlock.recipes.lock import Lock
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class WorkerConfig:
     # A broken holder that never checks whether it still holds the lock: only for proving that the checker
     # catches what such a holder does.
     ignore_loss: bool = False
+    txn_writes: bool = False  # check ownership by a guarded write to etcd (lock.txn), not ensure_held()
+    lease_margin: float | None = None  # the client's lease safety margin; None: the library's default
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -85,6 +93,34 @@ class FenceClient:
         await self._writer.wait_closed()
 
 
+def data_key(name: str) -> str:
+    """What a txn-writing holder writes in etcd: beside the lock's queue (name + "/"), not in it."""
+    return name + ".data"
+
+
+async def check_ownership(
+    cfg: WorkerConfig, log: EventLog, lock: Lock, token: int, lease: int, seq: int
+) -> None:
+    """Raise LockLost unless the lock is still ours; log the check that passed ("checked")."""
+    asked = time.monotonic()
+    if cfg.txn_writes:
+        put = Op.put(data_key(lock.name), f"{cfg.worker} {token} {seq}", lease=lease)
+        result = await lock.txn([], [put])
+        log.emit("txn", name=lock.name, token=token, seq=seq, sent=asked, ok=result.succeeded)
+        if not result.succeeded:
+            # Lock.txn must raise LockLost when its ownership compare fails; the checker counts this.
+            raise LockLost(f"lock {lock.name!r}: txn failed without raising LockLost")
+        if not lock.held:
+            # The txn proved ownership when etcd ran it, but the loss may have been signalled before this
+            # task resumed: the fenced write below is guarded by what is known now, with no await between.
+            raise LockLost(f"lock {lock.name!r} lost while its txn came back: {lock.lost_reason}")
+        via = "txn"
+    else:
+        await lock.ensure_held()
+        via = "ensure_held"
+    log.emit("checked", name=lock.name, token=token, asked=asked, via=via)
+
+
 async def hold_and_write(
     cfg: WorkerConfig, log: EventLog, client: Client, fence: FenceClient, name: str
 ) -> None:
@@ -101,7 +137,7 @@ async def hold_and_write(
         for seq in range(cfg.writes):
             try:
                 if not cfg.ignore_loss:
-                    await lock.ensure_held()
+                    await check_ownership(cfg, log, lock, token, lease, seq)
             except LockLost as e:
                 log.emit("stopped", name=name, token=token, reason=str(e))
                 return
@@ -117,7 +153,10 @@ async def hold_and_write(
 async def connected(cfg: WorkerConfig, log: EventLog) -> Client:
     """A connected client; a service starting during a fault keeps trying, as a real one would."""
     while True:
-        client = Client(cfg.endpoints, timeout=cfg.call_timeout)
+        if cfg.lease_margin is None:
+            client = Client(cfg.endpoints, timeout=cfg.call_timeout)
+        else:
+            client = Client(cfg.endpoints, timeout=cfg.call_timeout, lease_margin=cfg.lease_margin)
         try:
             return await client.connect()
         except EtcdError as e:
@@ -141,7 +180,7 @@ async def work(cfg: WorkerConfig, log: EventLog, fence: FenceClient) -> None:
 
 async def run(cfg: WorkerConfig) -> None:
     log = EventLog(cfg.log_path, cfg.worker)
-    log.emit("start", pid=os.getpid())
+    log.emit("start", pid=os.getpid(), module=etcdlock.__file__)  # the checker makes sure it is its own
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     fence = await FenceClient.connect(cfg.resource)

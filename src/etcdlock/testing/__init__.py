@@ -20,6 +20,7 @@ from etcdlock.testing.etcd import (
     free_port,
     parse_prometheus_text,
 )
+from etcdlock.testing.peers import PeerRouter
 from etcdlock.testing.proxy import FaultProxy
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EtcdStartError",
     "EtcdTimeoutError",
     "FaultProxy",
+    "PeerRouter",
     "ServerTLS",
     "find_etcd_binary",
     "find_etcdctl_binary",

@@ -47,12 +47,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 from etcdlock._procutil import die_with_parent_preexec
+from etcdlock.testing.peers import PeerRouter
 
 __all__ = [
     "INSTALL_HINT",
@@ -202,6 +203,21 @@ def _http_get(url: str, timeout: float) -> bytes:
     with _HTTP.open(url, timeout=timeout) as resp:
         body: bytes = resp.read()
         return body
+
+
+def _http_post_json(url: str, body: dict[str, object], timeout: float) -> dict[str, object]:
+    """POST a JSON body to etcd's gRPC gateway (``/v3/...``) and return the JSON answer."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with _HTTP.open(request, timeout=timeout) as resp:
+            answer = json.loads(resp.read())
+    except (OSError, ValueError) as exc:  # includes URLError/HTTPError, timeouts and bad JSON
+        raise EtcdError(f"POST {url} failed: {exc}") from exc
+    if not isinstance(answer, dict):
+        raise EtcdError(f"POST {url} returned {answer!r}")
+    return answer
 
 
 _METRIC_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
@@ -383,6 +399,7 @@ class EtcdMember:
         extra_args: Sequence[str] = (),
         tls: ServerTLS | None = None,
         metrics_port: int | None = None,
+        advertise_peer_url: str | None = None,
     ) -> None:
         if tls is not None and metrics_port is None:
             raise ValueError("a TLS member needs a metrics_port for plain-http health and metrics probes")
@@ -398,6 +415,7 @@ class EtcdMember:
         self._heartbeat_ms = heartbeat_ms
         self._election_ms = election_ms
         self._extra_args = list(extra_args)
+        self._advertise_peer_url = advertise_peer_url
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
         self._starts = 0
@@ -440,7 +458,13 @@ class EtcdMember:
 
     @property
     def peer_url(self) -> str:
+        """Where this member listens for its peers."""
         return f"http://{LOOPBACK}:{self._peer_port}"
+
+    @property
+    def advertised_peer_url(self) -> str:
+        """Where its peers reach it: its own listener, or a router in front of it (see PeerRouter)."""
+        return self._advertise_peer_url or self.peer_url
 
     @property
     def base_dir(self) -> Path:
@@ -498,7 +522,7 @@ class EtcdMember:
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
-            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.advertised_peer_url}",
             f"--initial-cluster={self._initial_cluster}",
             f"--initial-cluster-state={cluster_state}",
             f"--initial-cluster-token={self._cluster_token}",
@@ -744,6 +768,16 @@ class EtcdMember:
                 f"no unlabeled sample {name!r} at {self.client_url}/metrics of member {self._name}{hint}"
             ) from None
 
+    def member_id(self, timeout: float = 5.0) -> int:
+        """This member's ID in the cluster (asked through its gRPC gateway; plain-http members only)."""
+        if self._tls is not None:
+            raise EtcdError("member_id() asks over plain http; this member serves TLS")
+        status = _http_post_json(self.client_url + "/v3/maintenance/status", {}, timeout)
+        header = status.get("header")
+        if not isinstance(header, dict) or "member_id" not in header:
+            raise EtcdError(f"etcd member {self._name}: status without a member_id: {status!r}")
+        return int(header["member_id"])
+
     def is_leader(self, timeout: float = 5.0) -> bool:
         """Whether this member currently believes it is the raft leader (etcd_server_is_leader)."""
         return self.metric("etcd_server_is_leader", timeout=timeout) == 1.0
@@ -806,7 +840,13 @@ class EtcdCluster:
     still waits out one randomized election timeout (``election_ms`` to ``2 * election_ms``)
     before electing itself, on every start and restart, so a short timeout makes it ready in
     ~0.1 s instead of ~0.5-1 s.  ``extra_args`` are appended to every member's command
-    line (TLS, ``--auto-compaction-*``, ``--experimental-*``, ``--auth-token`` ...).
+    line (TLS, ``--auto-compaction-*``, ``--experimental-*``, ``--auth-token`` ...), then
+    ``member_args[i]`` to member i's only (etcd takes the last of a repeated flag, so e.g.
+    ``{0: ["--election-timeout=3000"]}`` gives member 0 a timeout of its own).
+
+    ``route_peers=True`` carries all member-to-member traffic through a :class:`PeerRouter`
+    (:attr:`peer_router`), which can cut the links between members; clients still reach every
+    member directly.
 
     Staggered bootstrap: members are all spawned before any is waited on for health (a member
     only becomes healthy once a quorum is up), but each is spawned once the previous one answers
@@ -826,6 +866,8 @@ class EtcdCluster:
         start_timeout: float = 20.0,
         binary: str | None = None,
         tls: ServerTLS | None = None,
+        member_args: Mapping[int, Sequence[str]] | None = None,
+        route_peers: bool = False,
     ) -> None:
         self._tls = tls
         if size < 1:
@@ -841,6 +883,11 @@ class EtcdCluster:
             )
         self._size = size
         self._extra_args = list(extra_args)
+        self._member_args = {i: list(args) for i, args in (member_args or {}).items()}
+        if not set(self._member_args) <= set(range(size)):
+            raise ValueError(f"member_args names members {sorted(self._member_args)} of a cluster of {size}")
+        self._route_peers = route_peers
+        self._router: PeerRouter | None = None
         self._heartbeat_ms = heartbeat_ms
         self._election_ms = election_ms
         self._start_timeout = start_timeout
@@ -873,6 +920,15 @@ class EtcdCluster:
     def cluster_token(self) -> str:
         return self._token
 
+    @property
+    def peer_router(self) -> PeerRouter:
+        """The router carrying peer traffic (``route_peers=True`` only), while the cluster is started."""
+        if self._router is None:
+            raise EtcdError(
+                "this cluster routes no peer traffic (make it with route_peers=True and start it)"
+            )
+        return self._router
+
     def __repr__(self) -> str:
         return f"<EtcdCluster size={self._size} members={self.members!r}>"
 
@@ -893,9 +949,8 @@ class EtcdCluster:
         per = 3 if self._tls is not None else 2
         ports = _free_ports(per * self._size)
         names = [f"m{i}" for i in range(self._size)]
-        initial_cluster = ",".join(
-            f"{name}=http://{LOOPBACK}:{ports[per * i + 1]}" for i, name in enumerate(names)
-        )
+        advertised = self._peer_urls(names, [ports[per * i + 1] for i in range(self._size)])
+        initial_cluster = ",".join(f"{name}={advertised[name]}" for name in names)
         return [
             EtcdMember(
                 name,
@@ -909,10 +964,27 @@ class EtcdCluster:
                 binary=binary,
                 heartbeat_ms=self._heartbeat_ms,
                 election_ms=self._election_ms,
-                extra_args=self._extra_args,
+                extra_args=[*self._extra_args, *self._member_args.get(i, [])],
+                advertise_peer_url=advertised[name],
             )
             for i, name in enumerate(names)
         ]
+
+    def _peer_urls(self, names: list[str], peer_ports: list[int]) -> dict[str, str]:
+        """Where each member is reached by its peers: its own port, or its front on a new router."""
+        if not self._route_peers:
+            return {name: f"http://{LOOPBACK}:{port}" for name, port in zip(names, peer_ports, strict=True)}
+        self._close_router()  # a retry on fresh ports gets fresh fronts
+        self._router = PeerRouter(lambda: {m.name: m.pid for m in self.members})
+        return {
+            name: self._router.add(name, f"{LOOPBACK}:{port}")
+            for name, port in zip(names, peer_ports, strict=True)
+        }
+
+    def _close_router(self) -> None:
+        router, self._router = self._router, None
+        if router is not None:
+            router.close()
 
     def start(self) -> Self:
         """Spawn all members at once (they need each other to elect a leader), wait until healthy.
@@ -1032,6 +1104,22 @@ class EtcdCluster:
                 )
             time.sleep(_POLL_INTERVAL)
 
+    def transfer_leadership(self, to: EtcdMember, timeout: float = 10.0) -> None:
+        """Make TO the leader (etcd's MoveLeader, asked of the current leader) and wait until it is."""
+        deadline = time.monotonic() + timeout
+        leader = self.leader(timeout)
+        if leader is not to:
+            target = to.member_id(timeout=_request_timeout(deadline))
+            _http_post_json(
+                leader.client_url + "/v3/maintenance/transfer-leadership",
+                {"targetID": str(target)},
+                max(0.05, deadline - time.monotonic()),
+            )
+        while self.leader(max(0.0, deadline - time.monotonic())) is not to:
+            if time.monotonic() >= deadline:
+                raise EtcdTimeoutError(f"etcd member {to.name} did not become leader within {timeout:.1f}s")
+            time.sleep(_POLL_INTERVAL)
+
     def followers(self, timeout: float = 10.0) -> list[EtcdMember]:
         """All members except the current :meth:`leader`."""
         leader = self.leader(timeout)
@@ -1063,6 +1151,10 @@ class EtcdCluster:
                 errors.append(exc)
                 with contextlib.suppress(Exception):
                     m.kill()
+        try:
+            self._close_router()
+        except Exception as exc:
+            errors.append(exc)
         tmp, self._tmp_dir = self._tmp_dir, None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

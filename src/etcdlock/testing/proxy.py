@@ -28,7 +28,7 @@ import socket
 import struct
 import threading
 from asyncio import trsock
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -224,8 +224,11 @@ class _Conn:
     i.e. every socket it owned is closed.
     """
 
-    def __init__(self, proxy: FaultProxy, *, tainted: bool, finished: asyncio.Future[None]) -> None:
+    def __init__(
+        self, proxy: FaultProxy, *, source: str | None, tainted: bool, finished: asyncio.Future[None]
+    ) -> None:
         self.proxy = proxy
+        self.source = source  # who opened it, as the proxy's `identify` named it (None: not known)
         self.tainted = tainted  # lived through a blackhole: its byte stream is corrupt
         self.aborted = False
         self.closing = False
@@ -326,9 +329,21 @@ class FaultProxy:
 
     A client whose upstream cannot be reached (refused, or no answer within ``connect_timeout``) is
     reset, so it fails as quickly as it would against a dead server.
+
+    Sources: ``identify(sock)`` names the process that opened each accepted connection (or returns
+    None); it runs once per connection, in the proxy thread, before any byte is forwarded.
+    :meth:`cut_off` then blackholes the connections of chosen sources only, as the blackhole mode does
+    for all of them.
     """
 
-    def __init__(self, target: str, *, port: int = 0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        port: int = 0,
+        connect_timeout: float = 5.0,
+        identify: Callable[[socket.socket], str | None] | None = None,
+    ) -> None:
         self._target_host, self._target_port = _parse_target(target)
         if not 0 <= port < 65536:
             raise ValueError(f"port must be 0 (any free port) or 1-65535, got {port}")
@@ -337,6 +352,7 @@ class FaultProxy:
         self._target = target
         self._requested_port = port
         self._connect_timeout = connect_timeout
+        self._identify = identify
         self._port: int | None = None
         # Guards start/close and mode switches, so a switch never races the loop's shutdown.
         self._lock = threading.Lock()
@@ -352,6 +368,7 @@ class FaultProxy:
         # Written by the loop thread only; plain int/str reads are atomic, so other threads read freely.
         self._mode = Mode.PASS_THROUGH
         self._delay = 0.0
+        self._cut: frozenset[str] = frozenset()
         self._accepted = 0
         self._upstream_failures = 0
         self._received = 0
@@ -377,6 +394,11 @@ class FaultProxy:
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    @property
+    def cut_sources(self) -> frozenset[str]:
+        """The sources whose connections are blackholed (see :meth:`cut_off`)."""
+        return self._cut
 
     @property
     def delay_seconds(self) -> float:
@@ -478,6 +500,15 @@ class FaultProxy:
         """RST every connection (both sides) now, and every new one right after accept."""
         self._switch(Mode.RESET, 0.0)
 
+    def cut_off(self, sources: Iterable[str]) -> None:
+        """Blackhole the connections opened by these sources (named by ``identify``), existing and new,
+        whatever the mode; a connection of a source no longer cut is reset, as on leaving blackhole.
+        ``cut_off(())`` cuts nobody. Needs ``identify``."""
+        if self._identify is None:
+            raise RuntimeError("cut_off() needs a proxy made with identify=")
+        cut = frozenset(sources)
+        self._in_loop(lambda: self._set_cut(cut))
+
     def __enter__(self) -> Self:
         if self._thread is None:
             self.start()
@@ -523,36 +554,50 @@ class FaultProxy:
     # ---- internals ----
 
     def _switch(self, mode: Mode, delay: float) -> None:
+        self._in_loop(lambda: self._set_mode(mode, delay))
+
+    def _in_loop(self, change: Callable[[], None]) -> None:
+        """Run CHANGE in the proxy thread and wait for it: a switch is in force when its method returns."""
         with self._lock:
             loop = self._loop
             if self._closed or loop is None:
                 raise RuntimeError(f"{self!r} is not running (start() it first; it cannot be reused)")
             if threading.current_thread() is self._thread:
-                self._apply(mode, delay)
+                change()
                 return
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
             def run() -> None:
                 try:
-                    self._apply(mode, delay)
+                    change()
                 except BaseException as e:
                     done.set_exception(e)
                 else:
                     done.set_result(None)
 
             loop.call_soon_threadsafe(run)
-            # Waiting here is what makes "the mode is in force when the method returns" true.
             done.result(_CALL_TIMEOUT)
 
-    def _apply(self, mode: Mode, delay: float) -> None:
-        leaving_blackhole = self._mode is Mode.BLACKHOLE and mode is not Mode.BLACKHOLE
+    def _set_mode(self, mode: Mode, delay: float) -> None:
         self._mode = mode
         self._delay = delay
+        self._apply_to_connections()
+
+    def _set_cut(self, sources: frozenset[str]) -> None:
+        self._cut = sources
+        self._apply_to_connections()
+
+    def _blackholed(self, source: str | None) -> bool:
+        return self._mode is Mode.BLACKHOLE or (source is not None and source in self._cut)
+
+    def _apply_to_connections(self) -> None:
         for conn in list(self._conns):
-            if mode is Mode.RESET or (leaving_blackhole and conn.tainted):
+            if self._mode is Mode.RESET:
                 conn.abort()
-            elif mode is Mode.BLACKHOLE:
+            elif self._blackholed(conn.source):
                 conn.taint()
+            elif conn.tainted:
+                conn.abort()  # it lived through a partition that is over: its byte stream is corrupt
 
     def _thread_main(self, listener: socket.socket) -> None:
         try:
@@ -624,9 +669,21 @@ class FaultProxy:
             if self._mode is Mode.RESET:
                 _rst_socket(sock)
                 continue
-            conn = _Conn(self, tainted=self._mode is Mode.BLACKHOLE, finished=loop.create_future())
+            source = self._source_of(sock)
+            conn = _Conn(self, source=source, tainted=self._blackholed(source), finished=loop.create_future())
             self._conns.add(conn)
             self._spawn(self._setup(conn, sock), f"conn-{self._accepted}")
+
+    def _source_of(self, sock: socket.socket) -> str | None:
+        if self._identify is None:
+            return None
+        try:
+            return self._identify(sock)
+        except Exception:
+            _log.exception(
+                "proxy on port %s: identify() failed; the connection counts as unknown", self._port
+            )
+            return None
 
     async def _setup(self, conn: _Conn, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
