@@ -364,6 +364,16 @@ class Connection:
                 if failures % len(self.endpoints) == 0:
                     await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
 
+    async def unary_at(self, endpoint: str, method: Method[Req, Resp], request: Req, timeout: float) -> Resp:
+        """One attempt of a request/response RPC at this endpoint only (no failover): for questions about
+        one member, such as whether it can still reach a quorum."""
+        try:
+            md = await self._metadata(endpoint, timeout, leader=False) if self._username else None
+            fn = self._unary_callable(endpoint, method)
+            return await fn(request, timeout=timeout, metadata=md)  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, f"{method.name} at {endpoint}") from None
+
     async def open_stream(self, method: Method[Any, Any], *, leader: bool = True) -> tuple[str, Any]:
         """Open a bidirectional stream on the current endpoint; returns (endpoint, call).
 

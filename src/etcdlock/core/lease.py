@@ -1,10 +1,19 @@
 """Leases: grant / revoke / inspect, and keepalive for any number of leases over ONE shared stream.
 
-The keepalive stream has exactly two tasks, both owned by the KeepAlive manager: a scheduler that sends
-renewals (each lease at about a third of its TTL) and watches local deadlines, and the stream's single
-reader. A lease is *lost* when a reply says TTL <= 0 (revoked or expired on the server) or when its local
-deadline passes with no successful renewal, measured on the monotonic clock from the renewal's send time.
+The keepalive stream has two tasks, both owned by the KeepAlive manager: a scheduler that sends renewals
+(each lease at about a third of its TTL) and watches local deadlines, and the stream's single reader. A
+lease is *lost* when a reply says TTL <= 0 (revoked or expired on the server) or when its local deadline
+passes with no trusted renewal, measured on the monotonic clock from the renewal's send time.
 A lost lease leaves the registry at once; nothing else ever removes it but `KeepAlive.stop()`.
+
+A renewal is trusted only as far as its member is known to be the cluster's leader or in touch with it. A
+leader cut off from the others keeps answering renewals until it notices and steps down (up to about two
+of its election timeouts), while a new leader, elected meanwhile, keeps the lease only for TTL + its own
+election timeout from its election: with a slower member than the rest, the client would believe in a
+lease etcd has already expired. So with the renewals, the scheduler asks the same member a linearizable
+read (which needs a quorum's answer), and a renewal moves the deadline only to
+min(its send time, the send time of the latest read that member answered) + TTL - margin. A member that
+cannot answer such a read is left, like one that stops answering renewals.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +31,16 @@ import grpc.aio
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection, translate
-from etcdlock.core.errors import ConfigError, LeaseNotFoundError
+from etcdlock.core.errors import ConfigError, EtcdError, LeaseNotFoundError
 from etcdlock.core.tasks import TaskOwner, backoff
 from etcdlock.core.types import Header, LeaseGrant, LeaseTimeToLive
 
 log = logging.getLogger("etcdlock.lease")
+
+# A read of one key nobody writes, linearizable (the default): answered only by a member in touch with a
+# quorum. count_only: nothing comes back but the header.
+_QUORUM_READ = pb.RangeRequest(key=b"\x00etcdlock/quorum-check", count_only=True)
+CONFIRM_EVERY = 0.2  # seconds between quorum reads while renewals go out
 
 # etcd refuses TTLs below its minimum (a few election timeouts) by raising them; we only reject nonsense.
 MAX_TTL = 9_000_000_000
@@ -69,11 +84,14 @@ class KeepAlive:
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
         self.renewals = 0
-        # Local deadline: the server keeps the lease at least until (send time of last success + TTL); we
-        # count it lost `margin` sooner, in case the member that answered was a deposed leader.
+        # Local deadline: the server keeps the lease at least until (send time of the last trusted renewal
+        # + TTL); we count it lost `margin` sooner. The grant went through the leader's log: trusted.
         self.expires_at = granted_at + ttl - self.margin
         self.next_send = granted_at + self.interval
         self.sent_at: float | None = None
+        # The latest answered renewal (send time, TTL granted), waiting to be trusted up to a quorum read.
+        self.answered_at = -math.inf
+        self.answered_ttl = ttl
         self._callbacks: list[Callable[[str], None]] = []
 
     @property
@@ -160,6 +178,13 @@ class KeepAliveManager:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._replies_since_open = 0
         self._closed = False
+        # Quorum confirmation of the stream's member (see the module docstring).
+        self._endpoint = ""
+        self._confirmed_at = -math.inf  # send time of the latest linearizable read the member answered
+        self._confirm_sent_at = -math.inf
+        self._confirming: asyncio.Task[Any] | None = None
+        self._unconfirmed: str | None = None  # the member failed a quorum read: leave it
+        self.quorum_reads = 0
 
     # ---- registry ----
 
@@ -237,6 +262,13 @@ class KeepAliveManager:
                 self._lose_expired()
                 if not self._registry:
                     break
+                if call is not None and self._unconfirmed == endpoint:
+                    log.info("member %s could not confirm it reaches a quorum; moving on", endpoint)
+                    self._unconfirmed = None
+                    self._conn.report_failure(endpoint)
+                    self.stalls += 1
+                    call, reader = await self._close_stream(call, reader)
+                    failures += 1
                 if call is not None and self._stalled(now):
                     # Renewals go unanswered: the member is cut off or hung (a black-holed connection
                     # raises no error for a long time). Move to another member before the TTL runs out.
@@ -266,6 +298,7 @@ class KeepAliveManager:
                         continue
                     self._streams_open += 1
                     self._replies_since_open = 0
+                    self._endpoint, self._confirmed_at = endpoint, -math.inf
                     reader = self._tasks.spawn(self._read(call), "lease-keepalive-reader")
                     for keeper in self._registry.values():
                         keeper.sent_at = None
@@ -279,6 +312,7 @@ class KeepAliveManager:
                             keeper.next_send = now + keeper.interval
                             await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
                             self.renewals_sent += 1
+                            self._confirm_quorum(endpoint, now)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
                     log.info("keepalive write failed: %s", e)
                     continue  # the reader sees the failure too; the loop head reopens
@@ -293,6 +327,41 @@ class KeepAliveManager:
             # Registered again while we were closing down: hand over to a fresh runner.
             if self._registry and not self._closed and self._runner is None:
                 self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
+
+    # ---- quorum confirmation ----
+
+    def _trust(self, keeper: KeepAlive) -> None:
+        """Move keeper's deadline as far as its latest renewal is trusted."""
+        trusted = min(keeper.answered_at, self._confirmed_at)
+        if trusted > -math.inf:
+            keeper.expires_at = max(keeper.expires_at, trusted + keeper.answered_ttl - keeper.margin)
+
+    def _confirm_quorum(self, endpoint: str, renewal_sent: float) -> None:
+        """Ask `endpoint` for a linearizable read sent no earlier than this renewal (one at a time, at most
+        every CONFIRM_EVERY seconds: the deadline then lags the renewal by that much at most)."""
+        if self._confirming is not None or renewal_sent - self._confirm_sent_at < CONFIRM_EVERY:
+            return
+        self._confirm_sent_at = renewal_sent
+        self._confirming = self._tasks.spawn(self._confirm(endpoint, renewal_sent), "lease-quorum-read")
+
+    async def _confirm(self, endpoint: str, sent: float) -> None:
+        timeout = min((k.stall_after for k in self._registry.values()), default=1.0)
+        try:
+            await self._conn.unary_at(endpoint, methods.RANGE, _QUORUM_READ, timeout)
+        except EtcdError as e:
+            if endpoint == self._endpoint:
+                log.info("quorum read at %s failed (%s): its renewals are not trusted", endpoint, e)
+                self._unconfirmed = endpoint
+                self._wake.set()
+            return
+        finally:
+            self._confirming = None
+        self.quorum_reads += 1
+        if endpoint != self._endpoint or sent <= self._confirmed_at:
+            return
+        self._confirmed_at = sent
+        for keeper in self._registry.values():
+            self._trust(keeper)
 
     def _stalled(self, now: float) -> bool:
         return any(
@@ -320,7 +389,8 @@ class KeepAliveManager:
                     self._lose(keeper, "lease expired or was revoked on the server (keepalive TTL=0)")
                     continue
                 sent = keeper.sent_at if keeper.sent_at is not None else loop.time()
-                keeper.expires_at = max(keeper.expires_at, sent + reply.TTL - keeper.margin)
+                keeper.answered_at, keeper.answered_ttl = sent, reply.TTL
+                self._trust(keeper)
                 keeper.sent_at = None
                 keeper.renewals += 1
         except asyncio.CancelledError:
@@ -347,6 +417,8 @@ class KeepAliveManager:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        if self._confirming is not None:
+            self._confirming.cancel()
         self._wake.set()
         runner = self._runner
         if runner is not None:
