@@ -15,6 +15,7 @@ from etcdlock.core.lease import KeepAlive
 from etcdlock.recipes.lock import Lock
 from etcdlock.recipes.mutex import Mutex
 from etcdlock.recipes.session import Session
+from etcdlock.recipes.session_pool import pool_for
 
 
 @pytest.fixture
@@ -51,18 +52,18 @@ async def test_released_locks_leave_no_reference_cycles(
 
 async def test_no_library_object_outlives_its_lock(client: Client, ns: str) -> None:
     refs: list[weakref.ref[object]] = []
+    sessions: set[Session] = set()
     for _ in range(10):
         lock = client.lock(ns + "b")
         async with lock:
             mutex = lock._mutex
-            assert mutex is not None and lock._session is not None
-            refs += [
-                weakref.ref(lock),
-                weakref.ref(mutex),
-                weakref.ref(lock._session),
-                weakref.ref(lock._session.keeper),
-            ]
+            assert mutex is not None
+            refs += [weakref.ref(lock), weakref.ref(mutex)]
+            sessions.add(mutex.session)
         del lock, mutex
     alive = [type(r()).__name__ for r in refs if r() is not None]
     assert not alive, f"still alive without a gc pass: {alive}"
-    assert {Lock, Mutex, Session, KeepAlive}  # the kinds checked above
+    # The session (and its keepalive) is the client's default one, kept for the next lock: one for all ten.
+    (session,) = sessions
+    assert session in pool_for(client).sessions() and isinstance(session.keeper, KeepAlive)
+    assert {Lock, Mutex}  # the kinds checked above

@@ -30,6 +30,7 @@ from etcdlock import (
 )
 from etcdlock.recipes.mutex import Mutex
 from etcdlock.recipes.queue import NameWatch, registry_for
+from etcdlock.recipes.session_pool import open_pools, pool_for
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 
@@ -71,8 +72,21 @@ def lingering_watches(client: Client) -> dict[str, NameWatch]:
     return {name: nw for name, nw in registry_for(client).names.items() if not nw.interests}
 
 
+def default_session_leases(client: Client) -> set[int]:
+    """The leases of the client's default sessions: they live as long as the client (or until idle, for
+    the extra ones a name locked several times at once needed)."""
+    return {s.lease_id for s in pool_for(client).sessions() if not s.lost.is_set()}
+
+
+def every_default_session_lease() -> set[int]:
+    """The default sessions' leases of every client of this process that is still open."""
+    return {s.lease_id for pool in open_pools() for s in pool.sessions() if not s.lost.is_set()}
+
+
 def is_grpc_internal(task: asyncio.Task[Any]) -> bool:
-    return "cython" in type(task.get_coro()).__module__
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None)
+    return "cython" in type(coro).__module__ or (code is not None and "/grpc/" in code.co_filename)
 
 
 async def server_leftovers(
@@ -88,7 +102,7 @@ async def server_leftovers(
     got_keys = set(await keys_under(client, ns))
     if got_keys != set(keys):
         problems.append(f"keys under {ns}: {sorted(got_keys)} (expected {sorted(keys)})")
-    extra_leases = set(await client.leases()) - base.leases - set(leases)
+    extra_leases = set(await client.leases()) - base.leases - set(leases) - every_default_session_lease()
     if extra_leases:
         problems.append(f"leases left on the server: {sorted(f'{x:x}' for x in extra_leases)}")
     return problems
@@ -103,6 +117,7 @@ def local_leftovers(
     there with its tasks; with False it must be closed too."""
     problems: list[str] = []
     res = client.resources()
+    keepalive += len(default_session_leases(client))
     if res.keepalive_leases != keepalive:
         problems.append(f"client keeps {res.keepalive_leases} lease(s) alive, expected {keepalive}")
     registered = registry_for(client).names
@@ -114,6 +129,13 @@ def local_leftovers(
         if nw._by_key or nw._own:
             problems.append(f"idle queue watcher {name!r} still tracks keys {nw._by_key} / {list(nw._own)}")
     allowed_tasks = {f"etcdlock:client:lock-queue:{n}" for n in idle}
+    pooled_anywhere = bool(every_default_session_lease())  # (tasks of every client share one loop)
+    if keepalive or pooled_anywhere:
+        allowed_tasks |= {
+            "etcdlock:client:lease-keepalive",
+            "etcdlock:client:lease-keepalive-reader",
+            "etcdlock:client:lease-quorum-read",
+        }
     if idle:
         allowed_tasks |= {"etcdlock:client:watch-stream", "etcdlock:client:watch-reader"}
     if res.watchers > len(idle):
@@ -130,7 +152,7 @@ def local_leftovers(
         and not t.done()
         and t.get_name() not in allowed_tasks
         # gRPC's own helper task of an open stream, while an allowed stream is open
-        and not ((idle or keepalive) and is_grpc_internal(t))
+        and not ((idle or keepalive or pooled_anywhere) and is_grpc_internal(t))
     ]
     if tasks:
         problems.append(f"asyncio tasks left: {sorted(f'{t.get_name()} {t.get_coro()!r}' for t in tasks)}")
@@ -318,10 +340,12 @@ async def test_try_lock_free_and_held(client: Client, ns: str) -> None:
         assert second is None
         assert time.monotonic() - t0 < 1.0
 
-        # try_lock awaited its own cleanup: what it created is gone by the time it returns.
+        # try_lock awaited its own cleanup: what it created is gone by the time it returns. The second
+        # try needed a second default session (one key per name and lease), which stays until idle.
         assert await keys_under(client, ns) == {held.key: held.token}
-        assert set(await client.leases()) - base.leases == {held.lease}
-        assert client.resources().keepalive_leases == 1
+        assert held.lease in default_session_leases(client)
+        assert set(await client.leases()) - base.leases == default_session_leases(client)
+        assert client.resources().keepalive_leases == len(default_session_leases(client))
         assert not held.lost.is_set()
     finally:
         await held.release()
@@ -349,10 +373,11 @@ async def test_timeout_while_held_raises_and_leaves_nothing(client: Client, ns: 
         assert name in str(ei.value)
         assert 0.3 <= elapsed < 1.3, f"LockTimeout after {elapsed:.3f}s for timeout=0.3"
 
-        # The timed-out acquire awaited its own cleanup: only the holder's key and lease are there.
+        # The timed-out acquire awaited its own cleanup: only the holder's key is there, and the client's
+        # default sessions (the second one was needed for a second lock of the name at once).
         assert await keys_under(client, ns) == {holder.key: holder.token}
-        assert set(await client.leases()) - base.leases == {holder.lease}
-        assert client.resources().keepalive_leases == 1
+        assert set(await client.leases()) - base.leases == default_session_leases(client)
+        assert client.resources().keepalive_leases == len(default_session_leases(client))
         assert holder.held and not holder.lost.is_set()
         assert (await client.txn([holder.is_owner()], [])).succeeded, "the holder no longer owns the lock"
     await assert_clean(client, ns, base)
@@ -533,10 +558,14 @@ async def settle(
             await repair()
         for key in set(await keys_under(client, ns)) - keys:
             await client.delete(key)
-        for lease in set(await client.leases()) - base.leases - leases:
+        for lease in set(await client.leases()) - base.leases - leases - every_default_session_lease():
             with contextlib.suppress(LeaseNotFoundError):
                 await client.revoke(lease)
-        await wait_until(lambda: client.resources().keepalive_leases == keepalive, 5, "keepalive tidied")
+        await wait_until(
+            lambda: client.resources().keepalive_leases == keepalive + len(default_session_leases(client)),
+            5,
+            "keepalive tidied",
+        )
     return problems
 
 

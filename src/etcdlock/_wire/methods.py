@@ -45,7 +45,10 @@ COMPACT = Method("/etcdserverpb.KV/Compact", pb.CompactionRequest, pb.Compaction
 WATCH = Method("/etcdserverpb.Watch/Watch", pb.WatchRequest, pb.WatchResponse)
 
 LEASE_GRANT = Method("/etcdserverpb.Lease/LeaseGrant", pb.LeaseGrantRequest, pb.LeaseGrantResponse)
-LEASE_REVOKE = Method("/etcdserverpb.Lease/LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse)
+# Revoking twice is harmless (the second finds nothing): safe to try on another member after a timeout.
+LEASE_REVOKE = Method(
+    "/etcdserverpb.Lease/LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse, idempotent=True
+)
 LEASE_KEEPALIVE = Method(
     "/etcdserverpb.Lease/LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse
 )

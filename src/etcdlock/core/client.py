@@ -293,6 +293,11 @@ class Client:
         ]
 
     @property
+    def requests_throttled(self) -> int:
+        """Requests etcd refused with "too many requests" (not applied) and this client sent again."""
+        return self._conn.throttled
+
+    @property
     def keepalive_renewals_sent(self) -> int:
         return self._leases.keepalive.renewals_sent if self._leases is not None else 0
 

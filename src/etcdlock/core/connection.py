@@ -44,6 +44,12 @@ _AUTH_FAILED = "etcdserver: authentication failed"
 _AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
 _LEASE_NOT_FOUND = "requested lease not found"
 _COMPACTED = "required revision has been compacted"
+# etcd's admission control: its proposal backlog is full. Said before proposing, so nothing was applied.
+_TOO_MANY_REQUESTS = "etcdserver: too many requests"
+
+# RPCs one client has in flight at most: a burst of thousands of calls (10,000 locks acquired at once) waits
+# its turn in the client instead of piling onto etcd's proposal queue until it refuses them.
+MAX_IN_FLIGHT = 256
 
 # gRPC's texts for a failed TLS set-up (they arrive inside an UNAVAILABLE error), each with what it most
 # likely means. The first match wins.
@@ -216,6 +222,8 @@ class Connection:
         self._token: str | None = None
         self._token_lock = asyncio.Lock()
         self._closed = False
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.throttled = 0  # calls etcd refused with "too many requests", retried
 
     # ---- endpoint choice ----
 
@@ -304,6 +312,7 @@ class Connection:
         deadline = loop.time() + timeout
         failures = 0
         attempts = 0
+        throttled = 0
         token_retried = False
         last: str = "no attempt made"
         while True:
@@ -328,9 +337,28 @@ class Connection:
                 # No auth: nothing to await, and no per-call metadata to build.
                 md = await self._metadata(endpoint, attempt, leader=False) if self._username else None
                 fn = self._unary_callable(endpoint, method)
-                return await fn(request, timeout=attempt, metadata=md)  # type: ignore[no-any-return]
+                if not await self._slot(attempt):
+                    continue  # none within this attempt's share: the loop head decides what is left
+                try:
+                    return await fn(request, timeout=attempt, metadata=md)  # type: ignore[no-any-return]
+                finally:
+                    self._slots.release()
             except grpc.aio.AioRpcError as e:
                 details = e.details() or ""
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_MANY_REQUESTS in details:
+                    # Not applied: safe to send again, after a pause, within the caller's deadline.
+                    self.throttled += 1
+                    throttled += 1
+                    last = f"{details} at {endpoint}"
+                    pause = backoff(throttled) * random.uniform(0.5, 1.0)
+                    if pause >= deadline - loop.time():
+                        raise ServerError(
+                            f"{method.name}: etcd at {endpoint} kept refusing with 'too many requests' "
+                            f"for {timeout:g}s (its proposal backlog is full)",
+                            code="RESOURCE_EXHAUSTED",
+                        ) from None
+                    await asyncio.sleep(pause)
+                    continue
                 if e.code() in _RETRY_CODES:
                     last = f"{_explained(details)} at {endpoint}"
                     failures += 1
@@ -363,6 +391,18 @@ class Connection:
                 self.report_failure(endpoint)
                 if failures % len(self.endpoints) == 0:
                     await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+
+    async def _slot(self, timeout: float) -> bool:
+        """One of the MAX_IN_FLIGHT places for an RPC; False if none came free within timeout."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns without suspending
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def unary_at(self, endpoint: str, method: Method[Req, Resp], request: Req, timeout: float) -> Resp:
         """One attempt of a request/response RPC at this endpoint only (no failover): for questions about

@@ -152,6 +152,10 @@ class KeepAlive:
             except Exception:  # a user callback must not break the keepalive loop
                 log.exception("lease %x lost-callback failed", self.id)
 
+    def declare_lost(self, reason: str) -> None:
+        """The lease is known gone by other means (etcd answered "lease not found"): lost, now."""
+        self._manager._lose(self, reason)
+
     def stop(self) -> None:
         """Stop renewing (does not revoke). Idempotent."""
         self._callbacks.clear()
@@ -301,8 +305,11 @@ class KeepAliveManager:
                     self._endpoint, self._confirmed_at = endpoint, -math.inf
                     reader = self._tasks.spawn(self._read(call), "lease-keepalive-reader")
                     for keeper in self._registry.values():
-                        keeper.sent_at = None
-                        keeper.next_send = min(keeper.next_send, loop.time())
+                        if keeper.sent_at is not None:
+                            # Its renewal went down with the old stream: send it again now. The others
+                            # keep their schedule (a new lease is not renewed at once: its grant is fresh).
+                            keeper.sent_at = None
+                            keeper.next_send = loop.time()
                 now = loop.time()
                 try:
                     for keeper in list(self._registry.values()):
@@ -468,10 +475,15 @@ class Leases:
 
     def keep_alive(self, lease_id: int, ttl: int, *, granted_at: float | None = None) -> KeepAlive:
         """Keep lease_id alive on the shared stream until stop() or loss. granted_at: monotonic (loop) time
-        the grant was sent, which bounds the lease's life until the first renewal succeeds."""
+        the grant was sent, which bounds the lease's life until the first renewal, due a renewal interval
+        later. Without it nothing is known of the lease: it is renewed at once (which also tells whether it
+        exists)."""
         check_ttl(ttl)
         now = asyncio.get_running_loop().time()
-        return self.keepalive.register(lease_id, ttl, now if granted_at is None else granted_at)
+        keeper = self.keepalive.register(lease_id, ttl, now if granted_at is None else granted_at)
+        if granted_at is None:
+            keeper.next_send = now
+        return keeper
 
 
 __all__ = [

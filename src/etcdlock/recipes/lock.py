@@ -14,17 +14,19 @@ from collections.abc import Callable
 from types import TracebackType
 
 from etcdlock.core.client import Client
-from etcdlock.core.errors import ConfigError
+from etcdlock.core.errors import ConfigError, LeaseNotFoundError
 from etcdlock.core.lease import check_ttl
-from etcdlock.core.tasks import shielded
 from etcdlock.core.txn import Compare, Op
 from etcdlock.core.types import TxnResult
 from etcdlock.recipes.errors import LockLost, LockTimeout
 from etcdlock.recipes.mutex import Mutex, check_lock_timeout, check_name
-from etcdlock.recipes.session import CLEANUP_TIMEOUT, DEFAULT_TTL, Session
+from etcdlock.recipes.session import DEFAULT_TTL, Session
+from etcdlock.recipes.session_pool import pool_for
 from etcdlock.recipes.stats import stats_for
 
 _LOSS_CANCEL_MSG = "etcdlock: lock lost"
+# Default sessions tried by one acquire when etcd says the lease is gone (revoked from outside meanwhile).
+_SESSION_ATTEMPTS = 3
 
 
 class Lock:
@@ -50,7 +52,6 @@ class Lock:
         self._ttl = ttl
         self._timeout = timeout
         self._session = session
-        self._own_session = session is None
         self._cancel_on_loss = cancel_on_loss
         self._mutex: Mutex | None = None
         self._body_task: asyncio.Task[object] | None = None
@@ -120,11 +121,11 @@ class Lock:
         started = time.monotonic()
 
         def remaining() -> float | None:
-            # The lock's timeout covers the whole acquire: the lease grant and the wait in the queue.
+            # The lock's timeout covers the whole acquire: getting a session and the wait in the queue.
             return None if self._timeout is None else max(0.0, self._timeout - (time.monotonic() - started))
 
         try:
-            await self._take(lambda m: m.acquire(remaining()))
+            await self._take(lambda m: m.acquire(remaining()), remaining)
         except LockTimeout:
             self._stats.timeouts += 1
             raise
@@ -149,7 +150,7 @@ class Lock:
             ok = await m.try_acquire()
 
         started = time.monotonic()
-        await self._take(attempt)
+        await self._take(attempt, lambda: None)
         if not ok:
             await self._drop()
             self._stats.try_lock_busy += 1
@@ -157,23 +158,28 @@ class Lock:
         self._acquired(time.monotonic() - started)
         return True
 
-    async def _take(self, how: Callable[[Mutex], object]) -> None:
+    async def _take(self, how: Callable[[Mutex], object], remaining: Callable[[], float | None]) -> None:
         if self._mutex is not None:
             raise ConfigError(f"lock {self.name!r}: this Lock object was already used; make a new one")
-        if self._own_session:
-            self._session = Session(self._client, self._ttl)
+        if self._session is not None:
+            await self._take_on(self._session, how, claimed=False)
+            return
+        for attempt in range(_SESSION_ATTEMPTS):
+            session = await self._pooled_session(remaining())
             try:
-                # The grant is one call: the client's call timeout, or the lock's timeout if that is shorter.
-                grant_timeout = self._client.default_timeout
-                if self._timeout:
-                    grant_timeout = min(grant_timeout, self._timeout)
-                await self._session.start(timeout=grant_timeout)
-            except BaseException:
-                await shielded(self._session.close(), CLEANUP_TIMEOUT)
-                raise
-        assert self._session is not None
+                await self._take_on(session, how, claimed=True)
+                return
+            except LeaseNotFoundError:
+                # The client's session was revoked or expired on the server before the client heard of
+                # it: it is lost, for every lock on it, and this lock goes again on a new one.
+                session.keeper.declare_lost("its lease was not found on the server (revoked or expired)")
+                if attempt == _SESSION_ATTEMPTS - 1:
+                    raise
+                self._mutex = None
+
+    async def _take_on(self, session: Session, how: Callable[[Mutex], object], *, claimed: bool) -> None:
+        self._mutex = Mutex(session, self.name, claimed=claimed)
         try:
-            self._mutex = Mutex(self._session, self.name)
             await how(self._mutex)  # type: ignore[misc]
         except LockLost:
             # Raised at the loss, on time: giving back what is left may wait for the network, so it goes
@@ -184,22 +190,29 @@ class Lock:
             await self._drop()
             raise
 
+    async def _pooled_session(self, timeout: float | None) -> Session:
+        """The client's default session for this TTL, with this lock's name claimed on it."""
+        waiting = asyncio.timeout(timeout)
+        try:
+            async with waiting:
+                return await pool_for(self._client).claim(self.name, self._ttl)
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+            raise LockTimeout(
+                f"lock {self.name!r} not acquired within {self._timeout:g}s (no session was ready in time); "
+                "nothing was left behind"
+            ) from None
+
     async def _drop(self) -> None:
-        """Give everything back: the key (via the mutex) and, if it is ours, the session's lease."""
-        if self._own_session and self._session is not None:
-            # Revoking our own lease deletes the key too, in the same single round trip. The revoke must
-            # happen even if we are cancelled while the mutex lets go (both steps are shielded).
-            try:
-                if self._mutex is not None:
-                    await self._mutex.release(delete_key=False)
-            finally:
-                await self._session.close()
-        elif self._mutex is not None:
+        """Give the key back (idempotent; shielded, own deadline). The session stays: it is the client's,
+        or the caller's."""
+        if self._mutex is not None:
             await self._mutex.release()
 
     async def release(self) -> None:
         """Release the lock (idempotent). Shielded from cancellation, with its own deadline."""
-        if self._mutex is None or (not self._mutex.held and (self._session is None or self._session.closed)):
+        if self._mutex is None:
             return
         if self._held_since is not None:
             self._stats.held -= 1

@@ -30,7 +30,8 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from etcdlock._wire import rpc_pb2 as pb
@@ -39,9 +40,10 @@ from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.tasks import shielded
 from etcdlock.core.txn import Compare, Op, txn_request
 from etcdlock.core.types import GetResult, TxnResult
-from etcdlock.recipes.errors import AlreadyHeldError, LockLost, LockTimeout
+from etcdlock.recipes.errors import LockLost, LockTimeout
 from etcdlock.recipes.queue import Interest, NameWatch, registry_for
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, Session
+from etcdlock.recipes.stats import stats_for
 
 log = logging.getLogger("etcdlock.mutex")
 T = TypeVar("T")
@@ -50,6 +52,20 @@ _LOCK_KEY_SUFFIX = re.compile(rb"[0-9a-f]+")
 # Keys read per page when looking for the predecessor; more than one page only when other names nest under
 # this one (lock "a" vs lock "a/b/...").
 _PAGE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Below:
+    """What one read says of the lock keys below mine."""
+
+    read_revision: int
+    keys: list[bytes]  # lock keys just below mine, at most a page
+    complete: bool  # no key (of any name under the prefix) below the page
+    floor: int  # the lowest create revision the page reaches down to
+
+    def all_gone(self, queue: NameWatch) -> bool:
+        """Nothing below mine at the read: the lock is mine (the read also found my key)."""
+        return not self.keys and (self.complete or self.floor <= queue.cleared_below)
 
 
 def check_name(name: object) -> str:
@@ -76,9 +92,11 @@ def check_lock_timeout(timeout: object) -> None:
 class Mutex:
     """One lock name on one session. After `acquire()`, this object is the held lock."""
 
-    def __init__(self, session: Session, name: str) -> None:
+    def __init__(self, session: Session, name: str, *, claimed: bool = False) -> None:
+        """claimed=True: the caller already claimed `name` on the session (Session.claim)."""
         self.name = check_name(name)
         self.session = session
+        self._preclaimed = claimed
         self.prefix = (self.name + "/").encode()
         self.key = self.prefix + format(session.lease_id, "x").encode()
         self.token = 0  # my key's create_revision once known: the fencing token
@@ -87,7 +105,8 @@ class Mutex:
         self.acquired_at_revision = 0
         self.wakeups = 0  # times this waiter was woken: once per release that made it first
         self._held = False
-        self._claimed = False  # the name is ours on this session: only then is there anything to clean up
+        # The name is ours on this session: only then is there anything to clean up.
+        self._claimed = claimed
         self._queue: NameWatch | None = None
         self._interest: Interest | None = None
         self._lost_callbacks: list[Callable[[str], None]] = []
@@ -197,11 +216,15 @@ class Mutex:
         return True
 
     async def _try_acquire(self) -> bool:
-        my_rev, _, below, complete = await self._create_key()
+        my_rev, below = await self._create_key()
         await self._watching_my_key(my_rev)
-        if not complete and not below:
-            _, below, complete = await self._lower_keys(my_rev)
-        return not below and complete
+        assert self._queue is not None
+        if not below.complete and not below.keys:
+            below = await self._lower_keys(my_rev)  # only nested names' keys in the page: look further
+        if not below.all_gone(self._queue):
+            return False
+        self._queue.note_acquired(my_rev)
+        return True
 
     async def _while_interruptible_by_loss(self, work: Coroutine[Any, Any, T]) -> T:
         """Run an acquisition in the caller's task; a loss meanwhile interrupts it at once and raises
@@ -240,14 +263,8 @@ class Mutex:
         return task is not None and task.uncancel() == 0
 
     def _claim_name(self) -> None:
-        if self.session.closed or self.session.lost.is_set():
-            raise LockLost(f"session lease {self.lease:x} is gone ({self.session.lost_reason or 'closed'})")
-        if self.name in self.session.names:
-            raise AlreadyHeldError(
-                f"lock {self.name!r} is already held or being acquired on this session (lease "
-                f"{self.lease:x}); etcd locks are not reentrant"
-            )
-        self.session.names.add(self.name)
+        if not self._preclaimed:
+            self.session.claim(self.name)
         self._claimed = True
         # Watch the queue (and my key) before my key exists, so no deletion can slip by.
         self._queue = registry_for(self.client).get(self.name, self.prefix)
@@ -258,45 +275,40 @@ class Mutex:
     async def _acquire(self) -> None:
         queue, interest = self._queue, self._interest
         assert queue is not None and interest is not None
-        my_rev, read_rev, below, complete = await self._create_key()
+        my_rev, below = await self._create_key()
         await self._watching_my_key(my_rev)
-        if complete and not below:
-            return
-        while True:
+        while not below.all_gone(queue):
             # The queue refuses a read it cannot vouch for (older than its watcher's coverage, or taken
             # while the watcher restarts): then wait until the watcher is live and read again.
-            if not queue.wait_for(interest, below, read_rev):
+            if not queue.wait_for(interest, below.keys, below.read_revision):
                 await self._until_lost(queue.live())
-                read_rev, below, complete = await self._lower_keys(my_rev)
-                if complete and not below:
-                    return
+                below = await self._lower_keys(my_rev)
                 continue
             await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
             if self.lost.is_set():
                 raise LockLost(self._lost_message())
             self.wakeups += 1
-            if complete:
-                return  # every key below mine is gone, and (same watcher, in order) mine is not
+            if below.complete or below.floor <= queue.cleared_below:
+                break  # every key below mine is gone, and (same watcher, in order) mine is not
             # More keys were below mine than one read returns: read the next ones.
             await self._until_lost(queue.live())
-            read_rev, below, complete = await self._lower_keys(my_rev)
-            if complete and not below:
-                return
+            below = await self._lower_keys(my_rev)
+        queue.note_acquired(my_rev)
 
-    async def _create_key(self) -> tuple[int, int, list[bytes], bool]:
-        """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
+    async def _create_key(self) -> tuple[int, _Below]:
+        """The acquire Txn. Returns my revision and the lock keys just below mine."""
         r = await self.client.txn_batched(self._acquire_request(), self.prefix, self.key)
         if r.succeeded:
             my_rev = r.header.revision
             top = r.responses[1].response_range
             # My key was just created: it is the top of the queue; the rest of the page is below it.
-            below = [kv.key for kv in top.kvs if kv.create_revision < my_rev and self._is_lock_key(kv.key)]
-            complete = not top.more
+            page = [kv for kv in top.kvs if kv.create_revision < my_rev]
+            below = self._page(r.header.revision, page, my_rev, more=top.more)
         else:
             # My key exists already: an earlier attempt of this very acquire went through (a retried
             # Txn). Where it stands in the queue needs a proper read.
             my_rev = r.responses[0].response_range.kvs[0].create_revision
-            below, complete = [], False
+            below = _Below(r.header.revision, [], complete=False, floor=my_rev)
         self.token = my_rev
         assert self._queue is not None and self._interest is not None
         self._interest.own_revision = my_rev
@@ -305,7 +317,13 @@ class Mutex:
             self._own_key_deleted(deleted)
         if self.lost.is_set():
             raise LockLost(self._lost_message())
-        return my_rev, r.header.revision, below, complete
+        return my_rev, below
+
+    def _page(self, read_revision: int, kvs: Sequence[Any], my_rev: int, *, more: bool) -> _Below:
+        """A page of keys just below mine (descending create revision, all names under the prefix)."""
+        floor = min((kv.create_revision for kv in kvs), default=my_rev)
+        keys = [kv.key for kv in kvs if self._is_lock_key(kv.key)]
+        return _Below(read_revision, keys, complete=not more, floor=floor)
 
     async def _watching_my_key(self, my_rev: int) -> None:
         """Make sure a deletion of my key from its creation on cannot go unseen.
@@ -332,25 +350,24 @@ class Mutex:
         """If my key does not exist: create it on my lease and read the top of the queue; else read my key.
 
         The same for every acquisition of this name on this session, so it is built once per session."""
-        cached = self.session.requests.get(self.name)
-        if cached is None:
-            queue_top = Op.get(
-                self.prefix,
-                prefix=True,
-                sort_order="descend",
-                sort_target="create",
-                limit=_PAGE + 1,
-                keys_only=True,
-            )
-            cached = txn_request(
-                [Compare.create_revision(self.key, "==", 0)],
-                [Op.put(self.key, b"", lease=self.lease), queue_top],
-                [Op.get(self.key, keys_only=True)],
-            )
-            self.session.requests[self.name] = cached
-        return cached
+        return self.session.acquire_request(self.name, self._build_acquire_request)
 
-    async def _lower_keys(self, my_rev: int) -> tuple[int, list[bytes], bool]:
+    def _build_acquire_request(self) -> pb.TxnRequest:
+        queue_top = Op.get(
+            self.prefix,
+            prefix=True,
+            sort_order="descend",
+            sort_target="create",
+            limit=_PAGE + 1,
+            keys_only=True,
+        )
+        return txn_request(
+            [Compare.create_revision(self.key, "==", 0)],
+            [Op.put(self.key, b"", lease=self.lease), queue_top],
+            [Op.get(self.key, keys_only=True)],
+        )
+
+    async def _lower_keys(self, my_rev: int) -> _Below:
         """Read the lock keys just below mine, together with my own key (which must still be there)."""
         if self.lost.is_set():
             raise LockLost(self._lost_message())
@@ -360,24 +377,21 @@ class Mutex:
         if not mine.kvs or mine.kvs[0].create_revision != my_rev:
             self._mark_lost(f"lock key {self.key.decode()} vanished while waiting (lease expired or deleted)")
             raise LockLost(self._lost_message())
-        below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
-        more = page.more
-        while more and not below:
+        below = self._page(r.header.revision, page.kvs, my_rev, more=page.more)
+        while not below.complete and not below.keys:
             # The page held only keys of names nested under ours (a/b/... under a/): page on down.
-            lowest = min(kv.create_revision for kv in page.kvs)
             page = await self.client.get(
                 self.prefix,
                 prefix=True,
-                max_create_revision=lowest - 1,
+                max_create_revision=below.floor - 1,
                 sort_order="descend",
                 sort_target="create",
                 limit=_PAGE,
                 keys_only=True,
                 revision=r.header.revision,
             )
-            below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
-            more = page.more
-        return r.header.revision, below, not more
+            below = self._page(r.header.revision, page.kvs, below.floor, more=page.more)
+        return below
 
     def _below(self, rev: int) -> Op:
         return Op.get(
@@ -474,6 +488,7 @@ class Mutex:
                     timeout=CLEANUP_TIMEOUT,
                 )
         except EtcdError as e:
+            stats_for(self.client).release_failures += 1
             log.warning(
                 "could not delete lock key %s (%s); it goes when lease %x expires",
                 self.key.decode(),
@@ -481,7 +496,7 @@ class Mutex:
                 self.lease,
             )
         finally:
-            self.session.names.discard(self.name)
+            self.session.unclaim(self.name)
 
     def _leave_queue(self) -> None:
         # After this no loss can be reported, so the callbacks go too: they point back at their owners

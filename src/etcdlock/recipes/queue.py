@@ -70,6 +70,10 @@ class NameWatch:
         self.acquiring = 0  # local acquisitions between their first read and their outcome
         self.events = 0
         self.resyncs = 0  # list-then-watch restarts after a compacted or ended watch
+        # Every lock key created before this revision is gone for good: a local lock acquired at it (then
+        # nothing was below it, and no key can be created below it later). A waiter whose page of keys
+        # below is all gone needs no further read once its page reaches down to here.
+        self.cleared_below = 0
         # Reads of the queue at this revision or later can be trusted with the watcher: every deletion
         # after it is dispatched (or settled by a resync). 0 while the watcher is not live yet.
         self.covered_from = 0
@@ -217,6 +221,10 @@ class NameWatch:
             mine = interest.own_revision
             if mine and mine <= revision and present.get(interest.own_key) != mine:
                 interest.on_own_deleted(revision)
+
+    def note_acquired(self, revision: int) -> None:
+        """A local lock whose key was created at `revision` holds the lock: nothing is below it."""
+        self.cleared_below = max(self.cleared_below, revision)
 
     def begin_acquire(self) -> None:
         self.acquiring += 1

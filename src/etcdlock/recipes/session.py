@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
 
 from etcdlock._wire import rpc_pb2 as pb
@@ -21,18 +23,22 @@ from etcdlock.core.errors import (
     ConnectionFailedError,
     EtcdError,
     EtcdTimeoutError,
+    LeaseNotFoundError,
     ServerError,
     TTLBelowMinimumError,
 )
 from etcdlock.core.lease import KeepAlive, check_ttl
 from etcdlock.core.tasks import shielded
 from etcdlock.core.types import LeaseGrant
+from etcdlock.recipes.errors import AlreadyHeldError, LockLost
+from etcdlock.recipes.stats import stats_for
 
 log = logging.getLogger("etcdlock.session")
 
 _LEASE_EXISTS = "lease already exists"
 
 DEFAULT_TTL = 10
+_REQUESTS_KEPT = 1024
 # Cleanup (revoke) gets its own deadline, independent of whatever deadline the caller was under.
 CLEANUP_TIMEOUT = 5.0
 
@@ -48,13 +54,52 @@ class Session:
         self._closed = False
         # Lock names this session holds or is acquiring: a second acquire of the same name would be the
         # same etcd key, so it is refused (locks are not reentrant).
-        self.names: set[str] = set()
-        # Prebuilt acquire requests per lock name: identical for every acquisition on this lease.
-        self.requests: dict[str, pb.TxnRequest] = {}
+        self._names: set[str] = set()
+        # Prebuilt acquire requests per lock name (identical for every acquisition on this lease), for the
+        # names used most recently: a long-lived session locking ever new names must not grow without end.
+        self._requests: OrderedDict[str, pb.TxnRequest] = OrderedDict()
+        self.on_idle: Callable[[Session], None] | None = None  # called when its last name is let go
 
     @property
     def client(self) -> Client:
         return self._client
+
+    # ---- the lock names on this lease ----
+
+    def claim(self, name: str) -> None:
+        """Reserve `name` for one lock on this session; AlreadyHeldError if it is taken (same key)."""
+        if self._closed or (self._keeper is not None and self._keeper.lost.is_set()):
+            raise LockLost(f"session lease {self.lease_id:x} is gone ({self.lost_reason or 'closed'})")
+        if name in self._names:
+            raise AlreadyHeldError(
+                f"lock {name!r} is already held or being acquired on this session (lease "
+                f"{self.lease_id:x}); etcd locks are not reentrant"
+            )
+        self._names.add(name)
+
+    def unclaim(self, name: str) -> None:
+        self._names.discard(name)
+        if not self._names and self.on_idle is not None:
+            self.on_idle(self)
+
+    def holds(self, name: str) -> bool:
+        return name in self._names
+
+    @property
+    def busy(self) -> int:
+        """How many lock names are claimed on this session."""
+        return len(self._names)
+
+    def acquire_request(self, name: str, build: Callable[[], pb.TxnRequest]) -> pb.TxnRequest:
+        """The prebuilt acquire request of `name` on this lease (built once, kept for recent names)."""
+        request = self._requests.get(name)
+        if request is None:
+            request = self._requests[name] = build()
+            if len(self._requests) > _REQUESTS_KEPT:
+                self._requests.popitem(last=False)
+        else:
+            self._requests.move_to_end(name)
+        return request
 
     @property
     def keeper(self) -> KeepAlive:
@@ -154,9 +199,12 @@ class Session:
     async def _revoke(self) -> None:
         try:
             await self._client.revoke(self.lease_id, timeout=CLEANUP_TIMEOUT)
+        except LeaseNotFoundError:
+            pass  # already gone (expired, or revoked by someone else)
         except EtcdError as e:
-            # Already gone (expired/revoked) is fine; anything else: the lease expires on its own in TTL.
-            log.info("revoking lease %x: %s", self.lease_id, e)
+            # Retried within its deadline and still not through: the lease expires on its own at its TTL.
+            stats_for(self._client).revoke_failures += 1
+            log.warning("could not revoke lease %x (%s); it expires at its TTL", self.lease_id, e)
 
     @property
     def closed(self) -> bool:

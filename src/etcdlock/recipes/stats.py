@@ -34,6 +34,10 @@ class LockStats:
     timeouts: int = 0
     try_lock_busy: int = 0
     held: int = 0
+    # Cleanup that did not land within its deadline (a lock key not deleted, a lease not revoked): what
+    # is left goes when the lease's TTL runs out.
+    release_failures: int = 0
+    revoke_failures: int = 0
     wait: Histogram = field(default_factory=Histogram)
     hold: Histogram = field(default_factory=Histogram)
 
