@@ -1,7 +1,7 @@
 """Same-run A/B of two etcdlock source trees: does a change make the lock cycle slower or faster?
 
     git worktree add /tmp/etcdlock-base HEAD~3
-    python bench/ab_compare.py --base /tmp/etcdlock-base/src --rounds 5 --duration 4
+    python bench/ab_compare.py --base /tmp/etcdlock-base/src --rounds 5 --duration 4 [--api session]
 
 Runs bench/lock_bench.py from this checkout under each tree's `src` (PYTHONPATH), on one fresh local etcd,
 alternating base and head round by round (which goes first alternates too), for the lock-vs-Go scenarios.
@@ -32,9 +32,10 @@ SCENARIOS = [
 ]
 
 
-def run_tree(src: Path, endpoint: str, args: list[str], duration: float) -> float:
+def run_tree(src: Path, endpoint: str, args: list[str], duration: float, api: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, str(HERE / "lock_bench.py"), "--endpoint", endpoint, "-d", str(duration), *args]
+    bench = [sys.executable, str(HERE / "lock_bench.py")]
+    cmd = [*bench, "--endpoint", endpoint, "-d", str(duration), "--api", api, *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return float(result_line(out)["ops_s"])
 
@@ -45,13 +46,14 @@ def main() -> int:
     p.add_argument("--head", type=Path, default=HERE.parent / "src", help="the head tree's src directory")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=4.0)
+    p.add_argument("--api", choices=["default", "session"], default="default", help="lock_bench.py's --api")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     a = p.parse_args()
     lines = [
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
-        f"- base: {a.base}; head: {a.head}; {a.rounds} rounds x {a.duration:g} s, alternating",
+        f"- base: {a.base}; head: {a.head}; {a.rounds} rounds x {a.duration:g} s, alternating; --api {a.api}",
         "",
         "| scenario | base ops/s | head ops/s | head / base: median of rounds (each round) |",
         "|---|---|---|---|",
@@ -64,7 +66,7 @@ def main() -> int:
             for r in range(a.rounds):
                 order = [(a.base, base_runs), (a.head, head_runs)]
                 for src, runs in order if r % 2 == 0 else reversed(order):
-                    runs.append(run_tree(src, endpoint, args, a.duration))
+                    runs.append(run_tree(src, endpoint, args, a.duration, a.api))
             ratios = [h / b for h, b in zip(head_runs, base_runs, strict=True)]
             each = ", ".join(f"{x:.2f}" for x in ratios)
             lines.append(
