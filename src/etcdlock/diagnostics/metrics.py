@@ -53,6 +53,12 @@ def render(client: Client) -> str:
             s.release_failures,
         ),
         (
+            "etcdlock_release_retries",
+            "counter",
+            "Releases whose delete missed its cleanup deadline and went on in the background till it landed.",
+            s.release_retries,
+        ),
+        (
             "etcdlock_revoke_failures",
             "counter",
             "Leases whose revoke did not land within its cleanup deadline (they expire at their TTL).",

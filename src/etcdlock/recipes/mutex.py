@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
-from etcdlock.core.tasks import shielded
+from etcdlock.core.tasks import backoff, shielded
 from etcdlock.core.txn import Compare, Op, txn_request
 from etcdlock.core.types import GetResult, TxnResult
 from etcdlock.recipes.errors import LockLost, LockTimeout
@@ -471,30 +471,53 @@ class Mutex:
             return  # never claimed (e.g. AlreadyHeldError): the key, if any, is somebody else's
         self._claimed = False
         self._leave_queue()
+        if not delete_key:
+            self.session.unclaim(self.name)
+            return
         try:
-            if delete_key:
-                # Only my key, only if it is still the one I created (or, if I never learnt its revision,
-                # only if it is on my lease): never a newer holder's.
-                guard = (
-                    pb.Compare(key=self.key, target=pb.Compare.CREATE, create_revision=self.token)
-                    if self.token
-                    else pb.Compare(key=self.key, target=pb.Compare.LEASE, lease=self.lease)
-                )
-                delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=self.key))
-                await self.client.txn_batched(
-                    pb.TxnRequest(compare=[guard], success=[delete]),
-                    self.prefix,
-                    self.key,
-                    timeout=CLEANUP_TIMEOUT,
-                )
+            # Within the cleanup's own deadline, so a failure is known before that deadline cuts it off.
+            await self._delete_key(CLEANUP_TIMEOUT * 0.8)
         except EtcdError as e:
+            if self._session_alive():
+                # The session lives on (it is shared), so its lease would never take the key away: the
+                # name's queue would wait behind it for good. Keep at it in the background until it lands
+                # (the delete is guarded, safe to repeat) or the session ends; the name stays ours until.
+                stats_for(self.client).release_retries += 1
+                log.warning("could not delete lock key %s yet (%s); retrying", self.key.decode(), e)
+                self.client.spawn_owned(self._delete_until_done(), f"lock-release:{self.name}")
+                return
             stats_for(self.client).release_failures += 1
             log.warning(
-                "could not delete lock key %s (%s); it goes when lease %x expires",
-                self.key.decode(),
-                e,
-                self.lease,
+                "could not delete lock key %s (%s); it goes with lease %x", self.key.decode(), e, self.lease
             )
+        self.session.unclaim(self.name)
+
+    async def _delete_key(self, timeout: float) -> None:
+        """Delete my key: only if it is still the one I created (or, if I never learnt its revision, only if
+        it is on my lease), never a newer holder's."""
+        guard = (
+            pb.Compare(key=self.key, target=pb.Compare.CREATE, create_revision=self.token)
+            if self.token
+            else pb.Compare(key=self.key, target=pb.Compare.LEASE, lease=self.lease)
+        )
+        delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=self.key))
+        request = pb.TxnRequest(compare=[guard], success=[delete])
+        await self.client.txn_batched(request, self.prefix, self.key, timeout=timeout)
+
+    def _session_alive(self) -> bool:
+        return not self.session.closed and not self.session.lost.is_set() and not self.client.closed
+
+    async def _delete_until_done(self) -> None:
+        failures = 0
+        try:
+            while self._session_alive():
+                try:
+                    await self._delete_key(CLEANUP_TIMEOUT)
+                    return
+                except EtcdError as e:
+                    failures += 1
+                    log.info("lock key %s still not deleted (%s); retrying", self.key.decode(), e)
+                    await asyncio.sleep(backoff(failures))
         finally:
             self.session.unclaim(self.name)
 

@@ -169,11 +169,14 @@ class NameWatch:
     # ---- watcher supervision ----
 
     async def _supervise(self) -> None:
-        """Events arrive through _on_events; this starts the watcher and restarts it when it ends."""
+        """Events arrive through _on_events; this starts the watcher and restarts it when it ends.
+
+        It must outlive every fault while locks depend on it (they wait for it to be live), so anything
+        the watcher ends with, expected or not, leads to a resync."""
         try:
             self.covered_from = await self.watcher.wait_created()
             self._live.set()
-        except EtcdError as e:
+        except Exception as e:
             log.info("lock queue watch on %s could not start (%s); resyncing", self.name, e)
             await self._resync()
         while True:
@@ -182,8 +185,10 @@ class NameWatch:
                 continue  # not reached: with on_events set nothing is buffered
             except StopAsyncIteration:
                 return  # closed
-            except EtcdError as e:
+            except Exception as e:
                 # Compaction on resume, server cancel: deletions since the last one seen are unknown.
+                if not isinstance(e, EtcdError):
+                    log.warning("lock queue watch on %s ended unexpectedly: %r; resyncing", self.name, e)
                 log.info("lock queue watch on %s ended (%s); resyncing", self.name, e)
                 await self._resync()
 
@@ -203,9 +208,9 @@ class NameWatch:
             except (CompactedError, WatchError) as e:
                 log.info("lock queue watch on %s: resync overtaken (%s); again", self.name, e)
                 continue
-            except EtcdError as e:
+            except Exception as e:  # unreachable etcd, or anything unexpected: never give up on the name
                 failures += 1
-                log.info("lock queue watch on %s: resync read failed (%s); retrying", self.name, e)
+                log.info("lock queue watch on %s: resync failed (%r); retrying", self.name, e)
                 await asyncio.sleep(backoff(failures))
                 continue
             self._settle(listed.header.revision, {kv.key: kv.create_revision for kv in listed.kvs})

@@ -38,6 +38,7 @@ class LockStats:
     # is left goes when the lease's TTL runs out.
     release_failures: int = 0
     revoke_failures: int = 0
+    release_retries: int = 0  # releases that missed their deadline and went on in the background
     wait: Histogram = field(default_factory=Histogram)
     hold: Histogram = field(default_factory=Histogram)
 
