@@ -116,7 +116,9 @@ async def test_closing_answers_requests_whose_send_task_never_ran(client: Client
     b.close()
     with pytest.raises(ClientClosedError, match="closed before this request was answered"):
         await asyncio.wait_for(task, 5)
-    await blocker
+    # The request sent alone ran in a task of the client too: closing answers its caller the same way.
+    with pytest.raises(ClientClosedError, match="closed before this request was answered"):
+        await asyncio.wait_for(blocker, 5)
     assert (await client.get(key)).count == 0
 
 
@@ -165,3 +167,23 @@ async def test_the_wave_after_a_batch_goes_as_one_rpc(client: Client, ns: str) -
     name = f"{ns}lone".encode()
     await client.txn_batched(put_if_absent(name + b"/k"), name, name + b"/k")  # a batch of one ...
     assert not b._after_batch  # ... after which requests go by themselves again
+
+
+async def test_a_caller_cancelled_while_its_request_is_in_flight_lets_the_request_finish_first(
+    client: Client, ns: str
+) -> None:
+    """Cancelling the caller must not cancel the RPC: etcd may still apply it, after the cleanup the caller
+    sends next (found by cancelling an acquire at every await point on a shared session: the create
+    landed after the guarded delete and the key stayed). The next request of the same order key goes out
+    only once the first was answered, so it is applied after it."""
+    key = f"{ns}inflight/k".encode()
+    first = asyncio.create_task(client.txn_batched(put_if_absent(key), b"inflight", key))
+    await asyncio.sleep(0)  # sent alone, now in flight
+    assert client._batcher.rpcs_in_flight == 1
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert client._batcher.rpcs_in_flight == 1, "the RPC was cancelled with its caller"
+    delete = pb.TxnRequest(success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))])
+    await client.txn_batched(delete, b"inflight", key)
+    assert (await client.get(key)).count == 0

@@ -111,15 +111,31 @@ class TxnBatcher:
         self.rpcs_in_flight += 1
         self._busy.add(order)
         self._names_in_flight[conflict] += 1
-        try:
-            return await self._conn.unary(methods.TXN, request, timeout)
-        finally:
+        # The RPC runs in a task of its own and the caller waits on a future of its own: a cancelled caller
+        # only stops waiting, and the request keeps its order key until etcd answered. Cancelling the call
+        # itself would not unsend it: etcd may still apply it, after a cleanup the caller sends next.
+        rpc: asyncio.Task[pb.TxnResponse] = self._tasks.spawn(
+            self._conn.unary(methods.TXN, request, timeout), "txn"
+        )
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finished(_: object) -> None:
+            if not rpc.cancelled():
+                rpc.exception()  # retrieved: a caller that stopped waiting will never look
             self.rpcs_in_flight -= 1
             self._busy.discard(order)
             self._names_in_flight[conflict] -= 1
             if not self._names_in_flight[conflict]:
                 del self._names_in_flight[conflict]
             self._schedule()
+            if not answered.done():
+                answered.set_result(None)
+
+        rpc.add_done_callback(finished)
+        await answered
+        if rpc.cancelled():
+            raise _closed()  # only the client's close cancels it
+        return rpc.result()
 
     def _schedule(self) -> None:
         if self._pending and not self._scheduled:

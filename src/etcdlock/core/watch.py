@@ -324,6 +324,7 @@ class _WatchStream:
         call: Any = None
         reader: asyncio.Task[Any] | None = None
         failures = 0
+        unexpected: WatchError | None = None
         try:
             while not self.closing:
                 if self.abandon and call is not None:
@@ -403,11 +404,19 @@ class _WatchStream:
                 await self._pause(self._next_probe_check(now), reader)
                 if self.replies_since_open:
                     failures = 0  # the stream works again: reset the backoff
+        except Exception as e:
+            # A fault nobody foresaw must not leave watchers waiting on a stream that is gone: they are
+            # failed, and their owners start over.
+            log.exception("watch stream at %s failed unexpectedly", self.endpoint)
+            unexpected = WatchError(f"the watch stream at {self.endpoint} failed: {e!r}")
         finally:
             await self._drop(call, reader)
+            closed = ClientClosedError("the etcdlock client was closed while watching")
             for w in [*self.by_id.values(), *self.pending, *([self.inflight] if self.inflight else [])]:
                 if self._hub._closed:
-                    w._fail(ClientClosedError("the etcdlock client was closed while watching"))
+                    w._fail(closed)
+                elif unexpected is not None:
+                    w._fail(unexpected)
             self._hub._stream_finished(self)
 
     def _requeue(self) -> None:

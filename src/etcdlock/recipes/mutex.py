@@ -30,15 +30,16 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from etcdlock._wire import kv_pb2
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.tasks import shielded
 from etcdlock.core.txn import Compare, Op, txn_request
-from etcdlock.core.types import GetResult, TxnResult
+from etcdlock.core.types import GetResult, KeyValue, TxnResult
 from etcdlock.recipes.errors import AlreadyHeldError, LockLost, LockTimeout
 from etcdlock.recipes.queue import Interest, NameWatch, registry_for
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, Session
@@ -283,20 +284,20 @@ class Mutex:
             if complete and not below:
                 return
 
-    async def _create_key(self) -> tuple[int, int, list[bytes], bool]:
+    async def _create_key(self) -> tuple[int, int, dict[bytes, int], bool]:
         """The acquire Txn. Returns (my revision, read revision, lock keys just below mine, all of them?)."""
         r = await self.client.txn_batched(self._acquire_request(), self.prefix, self.key)
         if r.succeeded:
             my_rev = r.header.revision
             top = r.responses[1].response_range
             # My key was just created: it is the top of the queue; the rest of the page is below it.
-            below = [kv.key for kv in top.kvs if kv.create_revision < my_rev and self._is_lock_key(kv.key)]
+            below = self._lock_keys(kv for kv in top.kvs if kv.create_revision < my_rev)
             complete = not top.more
         else:
             # My key exists already: an earlier attempt of this very acquire went through (a retried
             # Txn). Where it stands in the queue needs a proper read.
             my_rev = r.responses[0].response_range.kvs[0].create_revision
-            below, complete = [], False
+            below, complete = {}, False
         self.token = my_rev
         assert self._queue is not None and self._interest is not None
         self._interest.own_revision = my_rev
@@ -350,7 +351,7 @@ class Mutex:
             self.session.requests[self.name] = cached
         return cached
 
-    async def _lower_keys(self, my_rev: int) -> tuple[int, list[bytes], bool]:
+    async def _lower_keys(self, my_rev: int) -> tuple[int, dict[bytes, int], bool]:
         """Read the lock keys just below mine, together with my own key (which must still be there)."""
         if self.lost.is_set():
             raise LockLost(self._lost_message())
@@ -360,7 +361,7 @@ class Mutex:
         if not mine.kvs or mine.kvs[0].create_revision != my_rev:
             self._mark_lost(f"lock key {self.key.decode()} vanished while waiting (lease expired or deleted)")
             raise LockLost(self._lost_message())
-        below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
+        below = self._lock_keys(page.kvs)
         more = page.more
         while more and not below:
             # The page held only keys of names nested under ours (a/b/... under a/): page on down.
@@ -375,7 +376,7 @@ class Mutex:
                 keys_only=True,
                 revision=r.header.revision,
             )
-            below = [kv.key for kv in page.kvs if self._is_lock_key(kv.key)]
+            below = self._lock_keys(page.kvs)
             more = page.more
         return r.header.revision, below, not more
 
@@ -389,6 +390,10 @@ class Mutex:
             limit=_PAGE,
             keys_only=True,
         )
+
+    def _lock_keys(self, kvs: Iterable[KeyValue | kv_pb2.KeyValue]) -> dict[bytes, int]:
+        """The lock keys of this name among kvs, with their create revisions (what a waiter waits for)."""
+        return {kv.key: kv.create_revision for kv in kvs if self._is_lock_key(kv.key)}
 
     def _is_lock_key(self, key: bytes) -> bool:
         return _LOCK_KEY_SUFFIX.fullmatch(key[len(self.prefix) :]) is not None
