@@ -22,6 +22,7 @@ import pytest
 
 from etcdlock import Client, Compare, ConnectionFailedError, EtcdTimeoutError, LockLost, Op
 from etcdlock.core.watch import Watcher
+from etcdlock.recipes.queue import registry_for
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.waiting import wait_until
 
@@ -172,3 +173,49 @@ async def test_txn_after_the_lock_is_gone_raises_lock_lost(etcd: EtcdCluster, ns
         assert (await outside.get(name + "-data")).kvs[0].value == b"1"
         with pytest.raises(LockLost):
             await held.txn([], [Op.put(name + "-data", "4")])
+
+
+async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_one_awaited(
+    etcd: EtcdCluster, proxy: FaultProxy, ns: str
+) -> None:
+    """A session's key for a name is the same string every time it locks the name. The waiter waits for
+    one incarnation of it; if that one is deleted and the name locked again on the same session while
+    the waiter's watch is down (and compacted past), the resync finds the key present again: a new key,
+    above the waiter in the queue and waiting for it. Taking it for the old one would deadlock both."""
+    name = ns + "again"
+    async with (
+        Client(etcd.endpoints) as outside,
+        Client([proxy.endpoint], timeout=2) as waiter_client,
+        outside.session(ttl=TTL) as session,
+    ):
+        first = await outside.lock(name, session=session).acquire()
+        first_key, first_token = first.key, first.token
+        waiting = asyncio.ensure_future(waiter_client.lock(name, ttl=TTL, timeout=20).acquire())
+        try:
+            await wait_until(lambda: waiter_client.resources().watchers == 1, timeout=10, what="the watch")
+            await wait_until(
+                lambda: len(registry_for(waiter_client).names[name]._by_key) == 1,
+                timeout=10,
+                what="the waiter to wait for the holder's key",
+            )
+            await restart_compacted(proxy, waiter_client, outside, ns)
+            await first.release()  # deleted ...
+            again = asyncio.ensure_future(outside.lock(name, session=session, timeout=20).acquire())
+
+            async def created_again() -> bool:
+                r = await outside.get(first_key)
+                return bool(r.kvs) and r.kvs[0].create_revision > first_token
+
+            await wait_until(created_again, timeout=5, what="the same key created anew")
+            await compact_past(outside, ns)
+            proxy.pass_through()  # ... and the same key created anew: the waiter is first now
+            lock = await asyncio.wait_for(waiting, 15)
+            token = lock.token
+            assert token > first_token
+            await lock.release()
+            second = await asyncio.wait_for(again, 15)
+            assert second.key == first_key and second.token > token
+            await second.release()
+        finally:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)

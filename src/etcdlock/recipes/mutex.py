@@ -30,16 +30,17 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from etcdlock._wire import kv_pb2
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.client import Client
 from etcdlock.core.errors import ConfigError, EtcdError
 from etcdlock.core.tasks import backoff, shielded
 from etcdlock.core.txn import Compare, Op, txn_request
-from etcdlock.core.types import GetResult, TxnResult
+from etcdlock.core.types import GetResult, KeyValue, TxnResult
 from etcdlock.recipes.errors import LockLost, LockTimeout
 from etcdlock.recipes.queue import Interest, NameWatch, registry_for
 from etcdlock.recipes.session import CLEANUP_TIMEOUT, Session
@@ -59,7 +60,7 @@ class _Below:
     """What one read says of the lock keys below mine."""
 
     read_revision: int
-    keys: list[bytes]  # lock keys just below mine, at most a page
+    keys: dict[bytes, int]  # lock keys just below mine (at most a page), with their create revisions
     complete: bool  # no key (of any name under the prefix) below the page
     floor: int  # the lowest create revision the page reaches down to
 
@@ -308,7 +309,7 @@ class Mutex:
             # My key exists already: an earlier attempt of this very acquire went through (a retried
             # Txn). Where it stands in the queue needs a proper read.
             my_rev = r.responses[0].response_range.kvs[0].create_revision
-            below = _Below(r.header.revision, [], complete=False, floor=my_rev)
+            below = _Below(r.header.revision, {}, complete=False, floor=my_rev)
         self.token = my_rev
         assert self._queue is not None and self._interest is not None
         self._interest.own_revision = my_rev
@@ -322,8 +323,7 @@ class Mutex:
     def _page(self, read_revision: int, kvs: Sequence[Any], my_rev: int, *, more: bool) -> _Below:
         """A page of keys just below mine (descending create revision, all names under the prefix)."""
         floor = min((kv.create_revision for kv in kvs), default=my_rev)
-        keys = [kv.key for kv in kvs if self._is_lock_key(kv.key)]
-        return _Below(read_revision, keys, complete=not more, floor=floor)
+        return _Below(read_revision, self._lock_keys(kvs), complete=not more, floor=floor)
 
     async def _watching_my_key(self, my_rev: int) -> None:
         """Make sure a deletion of my key from its creation on cannot go unseen.
@@ -403,6 +403,10 @@ class Mutex:
             limit=_PAGE,
             keys_only=True,
         )
+
+    def _lock_keys(self, kvs: Iterable[KeyValue | kv_pb2.KeyValue]) -> dict[bytes, int]:
+        """The lock keys of this name among kvs, with their create revisions (what a waiter waits for)."""
+        return {kv.key: kv.create_revision for kv in kvs if self._is_lock_key(kv.key)}
 
     def _is_lock_key(self, key: bytes) -> bool:
         return _LOCK_KEY_SUFFIX.fullmatch(key[len(self.prefix) :]) is not None

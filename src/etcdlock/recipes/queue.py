@@ -28,7 +28,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 
 from etcdlock.core.client import Client
 from etcdlock.core.errors import CompactedError, EtcdError, WatchError
@@ -49,7 +49,10 @@ class Interest:
         self.own_key = own_key
         self.on_own_deleted = on_own_deleted
         self.own_revision = 0  # my key's create_revision once known: a resync checks it is still there
-        self.waiting_on: set[bytes] = set()
+        # Lock keys to be deleted before my turn, each with the create revision it had when read: a lock
+        # name's key is the same string every time a session locks it again, so only a deletion after
+        # that revision (or the key absent, or newer, in a resync's read) means the one I wait for is gone.
+        self.waiting_on: dict[bytes, int] = {}
         self.turn = asyncio.Event()  # set when waiting_on became empty
 
 
@@ -134,8 +137,9 @@ class NameWatch:
                 return rev
         return None
 
-    def wait_for(self, interest: Interest, keys: Iterable[bytes], read_revision: int) -> bool:
-        """Register the keys (read at read_revision) that must all be deleted before interest's turn.
+    def wait_for(self, interest: Interest, keys: Mapping[bytes, int], read_revision: int) -> bool:
+        """Register the keys (read at read_revision, with their create revisions) that must all be deleted
+        before interest's turn.
 
         False if the deletions since read_revision are not all known (the watcher is not live, started
         after the read, or the read is older than the remembered deletions): the caller reads again."""
@@ -143,11 +147,11 @@ class NameWatch:
             return False
         if self.recent and len(self.recent) == self.recent.maxlen and self.recent[0][0] > read_revision:
             return False
-        pending = set(keys)
+        pending = dict(keys)
         for rev, k in reversed(self.recent):
             if rev <= read_revision:
                 break
-            pending.discard(k)
+            pending.pop(k, None)  # deleted after the read: the very key that was read
         self._unwait(interest)
         interest.turn.clear()
         interest.waiting_on = pending
@@ -159,12 +163,15 @@ class NameWatch:
 
     def _unwait(self, interest: Interest) -> None:
         for k in interest.waiting_on:
-            waiters = self._by_key.get(k)
-            if waiters is not None:
-                waiters.discard(interest)
-                if not waiters:
-                    del self._by_key[k]
-        interest.waiting_on = set()
+            self._stop_waiting(interest, k)
+        interest.waiting_on = {}
+
+    def _stop_waiting(self, interest: Interest, key: bytes) -> None:
+        waiters = self._by_key.get(key)
+        if waiters is not None:
+            waiters.discard(interest)
+            if not waiters:
+                del self._by_key[key]
 
     # ---- watcher supervision ----
 
@@ -220,8 +227,10 @@ class NameWatch:
 
     def _settle(self, revision: int, present: dict[bytes, int]) -> None:
         """Apply what a full read of the queue at `revision` says to every registered lock."""
-        for key in [k for k in self._by_key if k not in present]:
-            self._dispatch_deleted(key)
+        for key, waiters in list(self._by_key.items()):
+            for interest in list(waiters):
+                if present.get(key) != interest.waiting_on[key]:
+                    self._done_waiting(interest, key)  # gone, or created anew since
         for interest in list(self.interests):
             mine = interest.own_revision
             if mine and mine <= revision and present.get(interest.own_key) != mine:
@@ -246,14 +255,16 @@ class NameWatch:
         owner = self._own.get(key)
         if owner is not None:
             owner.on_own_deleted(revision)
-        self._dispatch_deleted(key)
+        for interest in list(self._by_key.get(key, ())):
+            if interest.waiting_on[key] < revision:  # not a deletion of an older incarnation
+                self._done_waiting(interest, key)
 
-    def _dispatch_deleted(self, key: bytes) -> None:
-        """Key is gone: it is one fewer for its waiters to wait for."""
-        for interest in self._by_key.pop(key, ()):
-            interest.waiting_on.discard(key)
-            if not interest.waiting_on:
-                interest.turn.set()
+    def _done_waiting(self, interest: Interest, key: bytes) -> None:
+        """The key interest waited for is gone: one fewer to wait for."""
+        del interest.waiting_on[key]
+        self._stop_waiting(interest, key)
+        if not interest.waiting_on:
+            interest.turn.set()
 
     async def close(self) -> None:
         self.watcher.cancel()
