@@ -184,7 +184,10 @@ class Events:
         return [e for e in self.all() if e["ev"] == ev]
 
     def acquired_since(self, name: str, since: float) -> bool:
-        return any(e["name"] == name and e["t"] > since for e in self.of("acquire"))
+        return self.acquisitions_since(name, since) > 0
+
+    def acquisitions_since(self, name: str, since: float) -> int:
+        return sum(1 for e in self.of("acquire") if e["name"] == name and e["t"] > since)
 
 
 class DeletionRecorder:
@@ -273,6 +276,12 @@ class FaultContext:
 
     def wait(self, cond: object, timeout: float, what: str) -> None:
         wait_for(cond, timeout, what)
+
+    def wait_each_acquired(self, times: int, since: float, what: str, timeout: float = 45) -> None:
+        """Wait until every lock name was acquired `times` times after `since` (work went on)."""
+        self.wait(
+            lambda: all(self.events.acquisitions_since(n, since) >= times for n in self.names), timeout, what
+        )
 
     def wait_taken_over(self, name: str, token: int, from_whom: str) -> dict[str, Any]:
         """Wait until another process acquires NAME after the holder with TOKEN; its acquire event."""

@@ -81,13 +81,8 @@ def client_cut_off(ctx: FaultContext) -> None:
     for p in proxies:
         p.blackhole()
     cut = time.monotonic()
-    ctx.wait(
-        lambda: all(
-            sum(1 for e in ctx.events.of("acquire") if e["name"] == n and e["t"] > cut) >= 3
-            for n in ctx.names
-        ),
-        45,
-        "every lock to be acquired 3 times through the other members while the first is cut off",
+    ctx.wait_each_acquired(
+        3, cut, "every lock to be acquired 3 times through the other members while the first is cut off"
     )
     first = min(e["t"] for e in ctx.events.of("acquire") if e["t"] > cut)
     ctx.checks.append("work went on through the other members during the cut")
@@ -385,13 +380,8 @@ def leader_isolated(ctx: FaultContext) -> None:
     a say and go on there, before and after their leases run out on the new leader's side."""
     leader = _leader_on_member_in_use(ctx)
     cut = _isolate(ctx, leader)
-    ctx.wait(
-        lambda: all(
-            sum(1 for e in ctx.events.of("acquire") if e["name"] == n and e["t"] > cut) >= 2
-            for n in ctx.names
-        ),
-        45,
-        "every lock to be acquired twice on the majority's side while the old leader is cut off",
+    ctx.wait_each_acquired(
+        2, cut, "every lock to be acquired twice on the majority's side while the old leader is cut off"
     )
     ctx.checks.append("work went on through the other members while the leader was cut off")
     ctx.metrics["2 acquisitions per lock after the cut, s"] = round(time.monotonic() - cut, 2)
