@@ -30,8 +30,8 @@ TTL = 30  # far longer than the test: no loss may come from the lease
 
 
 @pytest.fixture
-def proxy(etcd: EtcdCluster) -> Iterator[FaultProxy]:
-    p = FaultProxy(etcd.endpoints[0]).start()
+def proxy(etcd_fresh: EtcdCluster) -> Iterator[FaultProxy]:
+    p = FaultProxy(etcd_fresh.endpoints[0]).start()
     try:
         yield p
     finally:
@@ -98,10 +98,10 @@ async def restart_compacted(proxy: FaultProxy, client: Client, outside: Client, 
 
 
 async def test_a_deletion_between_the_reread_and_the_new_watcher_still_wakes_the_waiter(
-    etcd: EtcdCluster, proxy: FaultProxy, ns: str
+    etcd_fresh: EtcdCluster, proxy: FaultProxy, ns: str
 ) -> None:
     name = ns + "gap"
-    async with Client(etcd.endpoints) as outside, Client([proxy.endpoint], timeout=2) as waiter_client:
+    async with Client(etcd_fresh.endpoints) as outside, Client([proxy.endpoint], timeout=2) as waiter_client:
         holder = await outside.lock(name, ttl=TTL).acquire()
         waiting = asyncio.ensure_future(waiter_client.lock(name, ttl=TTL, timeout=60).acquire())
         try:
@@ -128,10 +128,10 @@ async def test_a_deletion_between_the_reread_and_the_new_watcher_still_wakes_the
 
 
 async def test_a_holder_whose_key_was_deleted_during_a_compacted_restart_is_told_it_lost(
-    etcd: EtcdCluster, proxy: FaultProxy, ns: str
+    etcd_fresh: EtcdCluster, proxy: FaultProxy, ns: str
 ) -> None:
     name = ns + "blind"
-    async with Client(etcd.endpoints) as outside, Client([proxy.endpoint], timeout=2) as holder_client:
+    async with Client(etcd_fresh.endpoints) as outside, Client([proxy.endpoint], timeout=2) as holder_client:
         async with holder_client.lock(name, ttl=TTL, timeout=10) as held:
             await held.ensure_held()
             await restart_compacted(proxy, holder_client, outside, ns)
@@ -150,11 +150,11 @@ async def test_a_holder_whose_key_was_deleted_during_a_compacted_restart_is_told
         assert holder_client.resources().keepalive_leases == 1
 
 
-async def test_txn_after_the_lock_is_gone_raises_lock_lost(etcd: EtcdCluster, ns: str) -> None:
+async def test_txn_after_the_lock_is_gone_raises_lock_lost(etcd_fresh: EtcdCluster, ns: str) -> None:
     name = ns + "txn"
     async with (
-        Client(etcd.endpoints) as outside,
-        Client(etcd.endpoints) as c,
+        Client(etcd_fresh.endpoints) as outside,
+        Client(etcd_fresh.endpoints) as c,
         c.lock(name, ttl=TTL, timeout=10) as held,
     ):
         ok = await held.txn([], [Op.put(name + "-data", "1")])
@@ -176,7 +176,7 @@ async def test_txn_after_the_lock_is_gone_raises_lock_lost(etcd: EtcdCluster, ns
 
 
 async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_one_awaited(
-    etcd: EtcdCluster, proxy: FaultProxy, ns: str
+    etcd_fresh: EtcdCluster, proxy: FaultProxy, ns: str
 ) -> None:
     """A session's key for a name is the same string every time it locks the name. The waiter waits for
     one incarnation of it; if that one is deleted and the name locked again on the same session while
@@ -184,7 +184,7 @@ async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_
     above the waiter in the queue and waiting for it. Taking it for the old one would deadlock both."""
     name = ns + "again"
     async with (
-        Client(etcd.endpoints) as outside,
+        Client(etcd_fresh.endpoints) as outside,
         Client([proxy.endpoint], timeout=2) as waiter_client,
         outside.session(ttl=TTL) as session,
     ):
