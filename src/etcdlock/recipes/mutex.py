@@ -265,20 +265,15 @@ class Mutex:
             return
         while True:
             # The queue refuses a read it cannot vouch for (older than its watcher's coverage, or taken
-            # while the watcher restarts): then wait until the watcher is live and read again.
-            if not queue.wait_for(interest, below, read_rev):
-                await self._until_lost(queue.live())
-                read_rev, below, complete = await self._lower_keys(my_rev)
-                if complete and not below:
-                    return
-                continue
-            await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
-            if self.lost.is_set():
-                raise LockLost(self._lost_message())
-            self.wakeups += 1
-            if complete:
-                return  # every key below mine is gone, and (same watcher, in order) mine is not
-            # More keys were below mine than one read returns: read the next ones.
+            # while the watcher restarts): then the read below is done again once the watcher is live.
+            if queue.wait_for(interest, below, read_rev):
+                await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
+                if self.lost.is_set():
+                    raise LockLost(self._lost_message())
+                self.wakeups += 1
+                if complete:
+                    return  # every key below mine is gone, and (same watcher, in order) mine is not
+                # More keys were below mine than one read returns: read the next ones.
             await self._until_lost(queue.live())
             read_rev, below, complete = await self._lower_keys(my_rev)
             if complete and not below:
