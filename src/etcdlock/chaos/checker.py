@@ -29,7 +29,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,13 @@ class FaultContext:
         found = taken()
         assert found is not None
         return found
+
+    def holders(self) -> Iterator[tuple[str, str, int, int]]:
+        """(name, worker, lease, token) of each name that has a holder per etcd right now."""
+        for name in self.names:
+            found = self.holder(name)
+            if found is not None:
+                yield (name, *found)
 
     def holder(self, name: str) -> tuple[str, int, int] | None:
         """(worker, lease, token) of NAME's current holder per etcd, or None."""
@@ -574,11 +581,7 @@ def running_holder(
     writes, so a fault now finds it with work still to do. Returns (worker, name, lease, token)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for name in ctx.names:
-            found = ctx.holder(name)
-            if found is None:
-                continue
-            worker, lease, token = found
+        for name, worker, lease, token in ctx.holders():
             early_enough = ctx.writes_done(worker, token) < ctx.writes_per_hold * early
             if (among is None or worker in among) and early_enough:
                 return worker, name, lease, token
@@ -596,11 +599,7 @@ def pause_a_holder(
     Returns (worker, name, lease, token)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for name in ctx.names:
-            found = ctx.holder(name)
-            if found is None:
-                continue
-            worker, lease, token = found
+        for name, worker, lease, token in ctx.holders():
             proc = ctx.worker(worker)
             proc.pause()
             # Did it still hold the lock when it stopped? Its key must still be there.

@@ -188,7 +188,6 @@ class KeepAliveManager:
         self._confirm_sent_at = -math.inf
         self._confirming: asyncio.Task[Any] | None = None
         self._unconfirmed: str | None = None  # the member failed a quorum read: leave it
-        self.quorum_reads = 0
 
     # ---- registry ----
 
@@ -266,17 +265,10 @@ class KeepAliveManager:
                 self._lose_expired()
                 if not self._registry:
                     break
-                if call is not None and self._unconfirmed == endpoint:
-                    log.info("member %s could not confirm it reaches a quorum; moving on", endpoint)
+                distrust = self._distrust(endpoint, now) if call is not None else None
+                if distrust is not None:
+                    log.info("keepalive stream at %s %s; moving on", endpoint, distrust)
                     self._unconfirmed = None
-                    self._conn.report_failure(endpoint)
-                    self.stalls += 1
-                    call, reader = await self._close_stream(call, reader)
-                    failures += 1
-                if call is not None and self._stalled(now):
-                    # Renewals go unanswered: the member is cut off or hung (a black-holed connection
-                    # raises no error for a long time). Move to another member before the TTL runs out.
-                    log.info("keepalive stream at %s stopped answering; moving on", endpoint)
                     self._conn.report_failure(endpoint)
                     self.stalls += 1
                     call, reader = await self._close_stream(call, reader)
@@ -363,12 +355,21 @@ class KeepAliveManager:
             return
         finally:
             self._confirming = None
-        self.quorum_reads += 1
         if endpoint != self._endpoint or sent <= self._confirmed_at:
             return
         self._confirmed_at = sent
         for keeper in self._registry.values():
             self._trust(keeper)
+
+    def _distrust(self, endpoint: str, now: float) -> str | None:
+        """Why the stream's member is no longer trusted with renewals (then it is left), or None."""
+        if self._unconfirmed == endpoint:
+            return "could not confirm it reaches a quorum"
+        if self._stalled(now):
+            # The member is cut off or hung (a black-holed connection raises no error for a long time):
+            # move to another member before the TTL runs out.
+            return "stopped answering renewals"
+        return None
 
     def _stalled(self, now: float) -> bool:
         return any(

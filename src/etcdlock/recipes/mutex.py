@@ -280,18 +280,15 @@ class Mutex:
         await self._watching_my_key(my_rev)
         while not below.all_gone(queue):
             # The queue refuses a read it cannot vouch for (older than its watcher's coverage, or taken
-            # while the watcher restarts): then wait until the watcher is live and read again.
-            if not queue.wait_for(interest, below.keys, below.read_revision):
-                await self._until_lost(queue.live())
-                below = await self._lower_keys(my_rev)
-                continue
-            await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
-            if self.lost.is_set():
-                raise LockLost(self._lost_message())
-            self.wakeups += 1
-            if below.complete or below.floor <= queue.cleared_below:
-                break  # every key below mine is gone, and (same watcher, in order) mine is not
-            # More keys were below mine than one read returns: read the next ones.
+            # while the watcher restarts): then the read below is done again once the watcher is live.
+            if queue.wait_for(interest, below.keys, below.read_revision):
+                await interest.turn.wait()  # set by the queue on my turn, or by _mark_lost
+                if self.lost.is_set():
+                    raise LockLost(self._lost_message())
+                self.wakeups += 1
+                if below.complete or below.floor <= queue.cleared_below:
+                    break  # every key below mine is gone, and (same watcher, in order) mine is not
+                # More keys were below mine than one read returns: read the next ones.
             await self._until_lost(queue.live())
             below = await self._lower_keys(my_rev)
         queue.note_acquired(my_rev)

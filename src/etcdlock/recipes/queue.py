@@ -194,9 +194,8 @@ class NameWatch:
                 return  # closed
             except Exception as e:
                 # Compaction on resume, server cancel: deletions since the last one seen are unknown.
-                if not isinstance(e, EtcdError):
-                    log.warning("lock queue watch on %s ended unexpectedly: %r; resyncing", self.name, e)
-                log.info("lock queue watch on %s ended (%s); resyncing", self.name, e)
+                level = logging.INFO if isinstance(e, EtcdError) else logging.WARNING  # unexpected
+                log.log(level, "lock queue watch on %s ended (%r); resyncing", self.name, e)
                 await self._resync()
 
     async def _resync(self) -> None:
