@@ -23,7 +23,9 @@ class Client(CoreClient):
         """``async with client.lock("jobs/42", ttl=10, timeout=5) as held:`` — runs the body only while
         holding the lock; raises LockTimeout after `timeout` seconds (None: wait forever).
 
-        By default the lock has a session (lease) of its own; pass `session=` to share one across locks.
+        Without `session=` the lock's key goes on the client's default session for `ttl` (one lease
+        shared by the client's locks, started on first use, revoked at close); pass `session=` to choose
+        the lease yourself.
         """
         return Lock(self, name, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss)
 

@@ -85,6 +85,10 @@ class Client:
         self._tasks = TaskOwner("client")
         self._kv = KV(self._conn)
         self._batcher = TxnBatcher(self._conn, self._tasks)
+        # The highest revision a grant or a recipe's Txn has seen: a revision etcd had committed, so any
+        # later write of this client lands above it (a new lock queue's watch starts there to cover the
+        # key its lock is about to create).
+        self.revision_seen = 0
         self._leases: Leases | None = None
         self._watches: Watches | None = None
         self._watch_buffer = watch_buffer
@@ -219,7 +223,9 @@ class Client:
         """A prebuilt Txn for the recipes' hot path, answered as the raw reply. It may share one RPC with
         concurrent requests (see batch.py): never with one of the same conflict key; requests of one order
         key are applied one after the other, in call order."""
-        return await self._batcher.txn(request, conflict, order, timeout)
+        reply = await self._batcher.txn(request, conflict, order, timeout)
+        self.revision_seen = max(self.revision_seen, reply.header.revision)
+        return reply
 
     async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> Header:
         return await self._kv.compact(revision, physical=physical, timeout=timeout)
@@ -227,7 +233,9 @@ class Client:
     # ---- leases ----
 
     async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
-        return await self._lease.grant(ttl, lease_id=lease_id, timeout=timeout)
+        grant = await self._lease.grant(ttl, lease_id=lease_id, timeout=timeout)
+        self.revision_seen = max(self.revision_seen, grant.header.revision)
+        return grant
 
     async def revoke(self, lease_id: int, *, timeout: float | None = None) -> Header:
         return await self._lease.revoke(lease_id, timeout=timeout)

@@ -25,14 +25,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-import grpc.aio
-
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection, translate
 from etcdlock.core.errors import ConfigError, EtcdError, LeaseNotFoundError
-from etcdlock.core.tasks import TaskOwner, backoff
+from etcdlock.core.stream import BidiStream
+from etcdlock.core.tasks import TaskOwner
 from etcdlock.core.types import Header, LeaseGrant, LeaseTimeToLive
 
 log = logging.getLogger("etcdlock.lease")
@@ -166,24 +164,19 @@ class KeepAlive:
         return f"<KeepAlive lease={self.id:x} ttl={self.ttl} {state}>"
 
 
-class KeepAliveManager:
+class KeepAliveManager(BidiStream):
     """Owns the one LeaseKeepAlive stream of a client and the registry of leases kept alive on it."""
 
     def __init__(self, conn: Connection, tasks: TaskOwner, margin: float = DEFAULT_LEASE_MARGIN) -> None:
-        self._conn = conn
-        self._tasks = tasks
+        super().__init__(conn, tasks, methods.LEASE_KEEPALIVE, leader=False, name="lease-keepalive", log=log)
         self.margin = check_lease_margin(margin)
         self._registry: dict[int, KeepAlive] = {}
-        self._wake = asyncio.Event()
         self._runner: asyncio.Task[Any] | None = None
-        self._streams_open = 0
         self.renewals_sent = 0
         self.stalls = 0  # streams abandoned because renewals went unanswered
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._replies_since_open = 0
         self._closed = False
         # Quorum confirmation of the stream's member (see the module docstring).
-        self._endpoint = ""
         self._confirmed_at = -math.inf  # send time of the latest linearizable read the member answered
         self._confirm_sent_at = -math.inf
         self._confirming: asyncio.Task[Any] | None = None
@@ -203,7 +196,7 @@ class KeepAliveManager:
         self._arm_deadline(keeper.expires_at)
         if self._runner is None:
             self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
-        self._wake.set()
+        self.wake()
         return keeper
 
     def is_registered(self, keeper: KeepAlive) -> bool:
@@ -212,10 +205,10 @@ class KeepAliveManager:
     def unregister(self, keeper: KeepAlive) -> None:
         if self._registry.get(keeper.id) is keeper:
             del self._registry[keeper.id]
-            self._wake.set()
+            self.wake()
 
     # ---- local deadlines ----
-    # A loop timer, not the scheduler task, declares leases lost: the scheduler may be held up in a stream
+    # A loop timer, not the stream's runner, declares leases lost: the runner may be held up in a stream
     # write to a member that stopped reading, and the loss must be on time regardless.
 
     def _arm_deadline(self, at: float) -> None:
@@ -248,84 +241,77 @@ class KeepAliveManager:
 
     @property
     def streams_open(self) -> int:
-        return self._streams_open
+        return int(self.is_open)
 
-    # ---- the stream ----
+    # ---- the stream (see core/stream.py for how it stays connected) ----
 
     async def _run(self) -> None:
-        """Scheduler: keeps one stream open while any lease is registered, sends due renewals."""
-        loop = asyncio.get_running_loop()
-        call: Any = None
-        reader: asyncio.Task[Any] | None = None
-        endpoint = ""
-        failures = 0
         try:
-            while self._registry and not self._closed:
-                now = loop.time()
-                self._lose_expired()
-                if not self._registry:
-                    break
-                distrust = self._distrust(endpoint, now) if call is not None else None
-                if distrust is not None:
-                    log.info("keepalive stream at %s %s; moving on", endpoint, distrust)
-                    self._unconfirmed = None
-                    self._conn.report_failure(endpoint)
-                    self.stalls += 1
-                    call, reader = await self._close_stream(call, reader)
-                    failures += 1
-                if reader is not None and reader.done():
-                    # The stream ended under us: drop it; leases keep their local deadlines meanwhile.
-                    exc = None if reader.cancelled() else reader.exception()
-                    if isinstance(exc, grpc.aio.AioRpcError):
-                        log.info("keepalive stream at %s failed: %s", endpoint, exc.details())
-                        self._conn.report_failure(endpoint)
-                    call, reader = await self._close_stream(call, reader)
-                    failures += 1
-                if call is None:
-                    if failures:
-                        await self._pause(backoff(failures))
-                        if not self._registry or self._closed:
-                            break
-                    try:
-                        endpoint, call = await self._conn.open_stream(methods.LEASE_KEEPALIVE, leader=False)
-                    except Exception as e:  # auth or connection trouble: retry with backoff
-                        log.info("cannot open keepalive stream: %s", e)
-                        failures += 1
-                        continue
-                    self._streams_open += 1
-                    self._replies_since_open = 0
-                    self._endpoint, self._confirmed_at = endpoint, -math.inf
-                    reader = self._tasks.spawn(self._read(call), "lease-keepalive-reader")
-                    for keeper in self._registry.values():
-                        if keeper.sent_at is not None:
-                            # Its renewal went down with the old stream: send it again now. The others
-                            # keep their schedule (a new lease is not renewed at once: its grant is fresh).
-                            keeper.sent_at = None
-                            keeper.next_send = loop.time()
-                now = loop.time()
-                try:
-                    for keeper in list(self._registry.values()):
-                        if keeper.next_send <= now:
-                            # A renewal's deadline counts from its send time: record it before writing.
-                            keeper.sent_at = now
-                            keeper.next_send = now + keeper.interval
-                            await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
-                            self.renewals_sent += 1
-                            self._confirm_quorum(endpoint, now)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
-                    log.info("keepalive write failed: %s", e)
-                    continue  # the reader sees the failure too; the loop head reopens
-                if self._replies_since_open:
-                    failures = 0  # the stream works again: reset the backoff
-                wake_at = min((k.wake_at() for k in self._registry.values()), default=now)
-                await self._pause(wake_at - loop.time())
+            await self.run()
         finally:
-            await self._close_stream(call, reader)
             if self._runner is asyncio.current_task():
                 self._runner = None
             # Registered again while we were closing down: hand over to a fresh runner.
             if self._registry and not self._closed and self._runner is None:
                 self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
+
+    def needed(self) -> bool:
+        return bool(self._registry) and not self._closed
+
+    def on_open(self, now: float) -> None:
+        self._confirmed_at = -math.inf
+        for keeper in self._registry.values():
+            if keeper.sent_at is not None:
+                # Its renewal went down with the old stream: send it again now. The others keep their
+                # schedule (a new lease is not renewed at once: its grant is fresh).
+                keeper.sent_at = None
+                keeper.next_send = now
+
+    async def send(self, call: Any, now: float) -> None:
+        self._lose_expired()  # a timer does this on time; here it keeps renewals for the lost from going out
+        for keeper in list(self._registry.values()):
+            if keeper.next_send <= now:
+                # A renewal's deadline counts from its send time: record it before writing.
+                keeper.sent_at = now
+                keeper.next_send = now + keeper.interval
+                await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
+                self.renewals_sent += 1
+                self._confirm_quorum(self.endpoint, now)
+
+    def on_reply(self, reply: Any) -> None:
+        keeper = self._registry.get(reply.ID)
+        if keeper is None:
+            return  # stopped meanwhile
+        if reply.TTL <= 0:
+            self._lose(keeper, "lease expired or was revoked on the server (keepalive TTL=0)")
+            return
+        sent = keeper.sent_at if keeper.sent_at is not None else self.last_reply_at
+        keeper.answered_at, keeper.answered_ttl = sent, reply.TTL
+        self._trust(keeper)
+        keeper.sent_at = None
+        keeper.renewals += 1
+
+    def next_check(self, now: float) -> float | None:
+        return min((k.wake_at() for k in self._registry.values()), default=now) - now
+
+    def distrust(self, now: float) -> str | None:
+        """Why the stream's member is no longer trusted with renewals (counted as a stall), or None."""
+        reason = None
+        if self._unconfirmed == self.endpoint:
+            reason = "could not confirm it reaches a quorum"
+        elif self._stalled(now):
+            # The member is cut off or hung (a black-holed connection raises no error for a long time):
+            # move to another member before the TTL runs out.
+            reason = "stopped answering renewals"
+        if reason is not None:
+            self._unconfirmed = None
+            self.stalls += 1
+        return reason
+
+    def _stalled(self, now: float) -> bool:
+        return any(
+            k.sent_at is not None and now - k.sent_at >= k.stall_after for k in self._registry.values()
+        )
 
     # ---- quorum confirmation ----
 
@@ -348,75 +334,18 @@ class KeepAliveManager:
         try:
             await self._conn.unary_at(endpoint, methods.RANGE, _QUORUM_READ, timeout)
         except EtcdError as e:
-            if endpoint == self._endpoint:
+            if endpoint == self.endpoint:
                 log.info("quorum read at %s failed (%s): its renewals are not trusted", endpoint, e)
                 self._unconfirmed = endpoint
-                self._wake.set()
+                self.wake()
             return
         finally:
             self._confirming = None
-        if endpoint != self._endpoint or sent <= self._confirmed_at:
+        if endpoint != self.endpoint or sent <= self._confirmed_at:
             return
         self._confirmed_at = sent
         for keeper in self._registry.values():
             self._trust(keeper)
-
-    def _distrust(self, endpoint: str, now: float) -> str | None:
-        """Why the stream's member is no longer trusted with renewals (then it is left), or None."""
-        if self._unconfirmed == endpoint:
-            return "could not confirm it reaches a quorum"
-        if self._stalled(now):
-            # The member is cut off or hung (a black-holed connection raises no error for a long time):
-            # move to another member before the TTL runs out.
-            return "stopped answering renewals"
-        return None
-
-    def _stalled(self, now: float) -> bool:
-        return any(
-            k.sent_at is not None and now - k.sent_at >= k.stall_after for k in self._registry.values()
-        )
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait until woken (a lease registered or left, the stream failed) or seconds pass."""
-        self._wake.clear()
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._wake.wait()
-
-    async def _read(self, call: Any) -> None:
-        """The stream's only reader. Ends when the stream ends; raises the stream's error."""
-        loop = asyncio.get_running_loop()
-        try:
-            async for reply in call:
-                self._replies_since_open += 1
-                keeper = self._registry.get(reply.ID)
-                if keeper is None:
-                    continue  # stopped meanwhile
-                if reply.TTL <= 0:
-                    self._lose(keeper, "lease expired or was revoked on the server (keepalive TTL=0)")
-                    continue
-                sent = keeper.sent_at if keeper.sent_at is not None else loop.time()
-                keeper.answered_at, keeper.answered_ttl = sent, reply.TTL
-                self._trust(keeper)
-                keeper.sent_at = None
-                keeper.renewals += 1
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            # call.cancel() by the scheduler: a normal end.
-        finally:
-            self._wake.set()
-
-    async def _close_stream(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
-        if call is not None:
-            call.cancel()
-            self._streams_open -= 1
-        if reader is not None:
-            with contextlib.suppress(BaseException):
-                await reader
-        return None, None
 
     async def close(self) -> None:
         """Stop keeping every lease alive (no revoke) and end the stream. Idempotent."""
@@ -427,7 +356,7 @@ class KeepAliveManager:
             self._deadline_timer = None
         if self._confirming is not None:
             self._confirming.cancel()
-        self._wake.set()
+        self.wake()
         runner = self._runner
         if runner is not None:
             with contextlib.suppress(BaseException):

@@ -5,12 +5,13 @@ never by anything derived from one call, its timeout or its task: that was the b
 per lock attempt in the Go client this project was born from. The stream exists while it has watchers and
 closes when the last one leaves.
 
-Per stream there is one runner task (opens the call, writes requests, resumes after failures) and one reader
-task (the only one that reads the call). Creates go out one at a time, so each create reply pairs with the
-oldest create in flight. A consumer never blocks the reader: each watcher has a bounded buffer and a watcher
-that overflows it is ended with WatchOverflowError. On a stream failure every live watcher is re-created on a
-new stream (moving to another endpoint if needed) from its last delivered revision + 1, so nothing is lost or
-repeated.
+Per stream there is one runner task (opens the call, writes requests, resumes after failures; see
+core/stream.py) and one reader task (the only one that reads the call). etcd answers a stream's creates in
+the order they were sent, so each create reply pairs with the oldest create in flight; up to CREATE_WINDOW
+are in flight at once. A consumer never blocks the reader: each watcher has a bounded buffer and a watcher
+that overflows it is ended with WatchOverflowError. On a stream failure every live watcher is re-created on
+a new stream (moving to another endpoint if needed) from its last delivered revision + 1, so nothing is
+lost or repeated.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final
 
-import grpc
-import grpc.aio
-
 from etcdlock._wire import methods
 from etcdlock._wire import rpc_pb2 as pb
 from etcdlock.core.connection import Connection
@@ -37,7 +35,9 @@ from etcdlock.core.errors import (
     WatchError,
     WatchOverflowError,
 )
-from etcdlock.core.tasks import TaskOwner, backoff
+from etcdlock.core.flag import Flag
+from etcdlock.core.stream import BidiStream
+from etcdlock.core.tasks import TaskOwner
 from etcdlock.core.types import EventType, Key, KeyValue, WatchEvent, key_range, to_bytes
 
 log = logging.getLogger("etcdlock.watch")
@@ -82,15 +82,19 @@ class Watcher:
         # The next revision this watcher must see; 0 = "from now" until the server confirms creation.
         self.next_revision = start_revision
         self.watch_id: int | None = None
-        self.created = asyncio.Event()
+        self.created = Flag()  # set once etcd confirmed the watch
         self.created_revision = 0
         self.state = _NEW
         self._stream: _WatchStream | None = None
         # Set by an owner that consumes events synchronously on the stream's reader (no buffer, no task hop);
         # it must be quick and must not raise. Errors still surface through next_event()/wait_created().
         self.on_events: Callable[[list[WatchEvent]], None] | None = None
-        self._buffer: deque[WatchEvent] = deque()
-        self._signal = asyncio.Event()
+        # Likewise for an owner with no task waiting on this watcher: told once of the creation (with the
+        # create reply's revision) and once of the error the watch ended with (not of cancel()).
+        self.on_created: Callable[[int], None] | None = None
+        self.on_failed: Callable[[BaseException], None] | None = None
+        self._buffer: deque[WatchEvent] | None = None  # made on the first buffered event
+        self._signal = Flag()
         self._error: BaseException | None = None
 
     # ---- consumer side ----
@@ -119,6 +123,7 @@ class Watcher:
                 raise StopAsyncIteration
             self._signal.clear()
             await self._signal.wait()
+        assert self._buffer is not None
         return self._buffer.popleft()
 
     async def wait_created(self) -> int:
@@ -164,7 +169,7 @@ class Watcher:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
     # ---- stream side ----
 
@@ -172,10 +177,13 @@ class Watcher:
         self.watch_id = watch_id
         if self.next_revision == 0:
             self.next_revision = revision + 1
-        if not self.created.is_set():
+        first = not self.created.is_set()
+        if first:
             self.created_revision = revision
             self.created.set()
         self._signal.set()
+        if first and self.on_created is not None:
+            self.on_created(revision)
 
     def _deliver(self, events: list[WatchEvent]) -> bool:
         """Buffer events; False when the buffer would overflow (the watcher is then failed)."""
@@ -188,6 +196,8 @@ class Watcher:
             self.next_revision = events[-1].revision + 1
             self.on_events(events)
             return True
+        if self._buffer is None:
+            self._buffer = deque()
         if len(self._buffer) + len(events) > self.max_buffer:
             self._fail(
                 WatchOverflowError(
@@ -206,10 +216,13 @@ class Watcher:
         self.next_revision = max(self.next_revision, revision + 1)
 
     def _fail(self, error: BaseException) -> None:
-        if self._error is None and self.state != _DONE:
+        failed = self._error is None and self.state != _DONE
+        if failed:
             self._error = error
         self.state = _DONE
         self._signal.set()
+        if failed and self.on_failed is not None:
+            self.on_failed(error)
 
     def create_request(self) -> pb.WatchRequest:
         filters = []
@@ -253,6 +266,9 @@ def _cancel_request(watch_id: int) -> pb.WatchRequest:
 # unanswered too, the member is cut off or hung (a black hole raises no error for about a minute in gRPC),
 # and the watchers resume on another member from their next revision.
 PROBE_IDLE = 5.0
+# Creates in flight on one stream at once. One at a time made 10,000 new watchers take 10,000 round trips
+# in a row; a bound keeps one stream's burst from flooding etcd's receive loop.
+CREATE_WINDOW = 64
 PROBE_TIMEOUT = 3.0
 
 
@@ -260,29 +276,26 @@ def _progress_request() -> pb.WatchRequest:
     return pb.WatchRequest(progress_request=pb.WatchProgressRequest())
 
 
-class _WatchStream:
-    """One gRPC Watch stream and the watchers multiplexed on it."""
+class _WatchStream(BidiStream):
+    """One gRPC Watch stream and the watchers multiplexed on it (see core/stream.py for how it stays
+    connected)."""
 
     def __init__(self, hub: Watches, key: str) -> None:
+        super().__init__(hub._conn, hub._tasks, methods.WATCH, leader=True, name="watch", log=log)
         self._hub = hub
         self.key = key
         self.by_id: dict[int, Watcher] = {}
         self.pending: deque[Watcher] = deque()  # waiting to be created, in order
-        self.inflight: Watcher | None = None  # create sent, reply not yet seen
-        self.inflight_abandoned = False
+        # Creates sent, replies not yet seen, in order: etcd answers a stream's creates in the order sent.
+        self.inflight: deque[Watcher] = deque()
+        self.abandoned: set[Watcher] = set()  # left while in flight: their reply is answered with a cancel
         self.cancelling: set[int] = set()  # cancel sent, canceled reply not yet seen
         self._outbox: deque[pb.WatchRequest] = deque()
         self._fragments: dict[int, list[WatchEvent]] = {}
-        self._wake = asyncio.Event()
         self.closing = False
-        self.abandon = False  # set when the connection gave up on this stream's endpoint
-        self.last_reply_at = 0.0
         self.probe_sent_at: float | None = None
         self.probes_sent = 0
-        self.endpoint = ""
-        self.generations = 0
         self.cancels_sent = 0
-        self.replies_since_open = 0
         self.fragments_received = 0
         self.runner = hub._tasks.spawn(self._run(), "watch-stream")
 
@@ -290,160 +303,93 @@ class _WatchStream:
 
     def add(self, w: Watcher) -> None:
         self.pending.append(w)
-        self._wake.set()
+        self.wake()
 
     def remove(self, w: Watcher) -> None:
         if w.watch_id is not None and self.by_id.get(w.watch_id) is w:
             del self.by_id[w.watch_id]
             self.cancel_id(w.watch_id)
-        elif self.inflight is w:
-            self.inflight_abandoned = True  # its create reply will be answered with a cancel
+        elif w in self.inflight:
+            self.abandoned.add(w)
         else:
             with contextlib.suppress(ValueError):
                 self.pending.remove(w)
-        self._wake.set()
+        self.wake()
 
     def cancel_id(self, watch_id: int) -> None:
         if watch_id not in self.cancelling:
             self.cancelling.add(watch_id)
             self._outbox.append(_cancel_request(watch_id))
-            self._wake.set()
+            self.wake()
 
     def is_empty(self) -> bool:
-        inflight_live = self.inflight is not None and not self.inflight_abandoned
-        return not self.by_id and not self.pending and not inflight_live
+        return not self.by_id and not self.pending and len(self.abandoned) == len(self.inflight)
 
     def live_watchers(self) -> int:
-        return (
-            len(self.by_id) + len(self.pending) + (1 if self.inflight and not self.inflight_abandoned else 0)
-        )
+        return len(self.by_id) + len(self.pending) + len(self.inflight) - len(self.abandoned)
 
     def close(self) -> None:
         self.closing = True
-        self._wake.set()
+        self.wake()
 
-    def endpoint_failed(self, endpoint: str) -> None:
-        if endpoint == self.endpoint:
-            self.abandon = True
-            self._wake.set()
-
-    # ---- runner: open, write, resume ----
+    # ---- the stream's hooks ----
 
     async def _run(self) -> None:
-        call: Any = None
-        reader: asyncio.Task[Any] | None = None
-        failures = 0
         unexpected: WatchError | None = None
         try:
-            while not self.closing:
-                if self.abandon and call is not None:
-                    # Another call found this member unresponsive; this stream may be just as cut off
-                    # without knowing it (a black hole sends no error). Resume elsewhere; nothing is lost.
-                    log.info("leaving watch stream at %s: the member failed another call", self.endpoint)
-                    call, reader = await self._restart(call, reader)
-                    failures += 1
-                self.abandon = False
-                if reader is not None and reader.done():
-                    exc = None if reader.cancelled() else reader.exception()
-                    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-                    log.info(
-                        "watch stream at %s ended (%s); resuming %d watchers",
-                        self.endpoint,
-                        detail,
-                        self.live_watchers(),
-                    )
-                    self._hub._conn.report_failure(self.endpoint)
-                    call, reader = await self._restart(call, reader)
-                    failures += 1
-                if call is None:
-                    if failures:
-                        await self._backoff(backoff(failures))
-                        if self.closing:
-                            break
-                    try:
-                        self.endpoint, call = await self._hub._conn.open_stream(methods.WATCH, leader=True)
-                    except ClientClosedError:
-                        break
-                    except Exception as e:
-                        log.info("cannot open watch stream: %s", e)
-                        failures += 1
-                        continue
-                    self.generations += 1
-                    self.replies_since_open = 0
-                    self.last_reply_at, self.probe_sent_at = asyncio.get_running_loop().time(), None
-                    reader = self._hub._tasks.spawn(self._read(call), "watch-reader")
-                try:
-                    while self._outbox:
-                        await call.write(self._outbox[0])
-                        self._outbox.popleft()
-                        self.cancels_sent += 1
-                    while self.inflight is None and self.pending:
-                        w = self.pending.popleft()
-                        if w.done:
-                            continue
-                        self.inflight, self.inflight_abandoned = w, False
-                        await call.write(w.create_request())
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
-                    # The call is broken; its reader sees that too. Wait for it, then resume above.
-                    log.info("watch stream write failed: %s", e)
-                    if reader is not None:
-                        await asyncio.wait([reader])
-                    continue
-                if reader is not None and reader.done():
-                    continue
-                now = asyncio.get_running_loop().time()
-                if self.probe_sent_at is not None and now - self.probe_sent_at >= PROBE_TIMEOUT:
-                    log.info(
-                        "watch stream at %s did not answer a progress request in %gs; resuming elsewhere",
-                        self.endpoint,
-                        PROBE_TIMEOUT,
-                    )
-                    self._hub._conn.report_failure(self.endpoint)
-                    call, reader = await self._restart(call, reader)
-                    failures += 1
-                    continue
-                if self.probe_sent_at is None and self.by_id and now - self.last_reply_at >= PROBE_IDLE:
-                    self.probe_sent_at = now
-                    self.probes_sent += 1
-                    try:
-                        await call.write(_progress_request())
-                    except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as e:
-                        log.info("watch stream write failed: %s", e)
-                        continue
-                await self._pause(self._next_probe_check(now), reader)
-                if self.replies_since_open:
-                    failures = 0  # the stream works again: reset the backoff
+            await self.run()
         except Exception as e:
             # A fault nobody foresaw must not leave watchers waiting on a stream that is gone: they are
             # failed, and their owners start over.
             log.exception("watch stream at %s failed unexpectedly", self.endpoint)
             unexpected = WatchError(f"the watch stream at {self.endpoint} failed: {e!r}")
         finally:
-            await self._drop(call, reader)
             closed = ClientClosedError("the etcdlock client was closed while watching")
-            for w in [*self.by_id.values(), *self.pending, *([self.inflight] if self.inflight else [])]:
+            for w in [*self.by_id.values(), *self.pending, *self.inflight]:
                 if self._hub._closed:
                     w._fail(closed)
                 elif unexpected is not None:
                     w._fail(unexpected)
             self._hub._stream_finished(self)
 
-    def _requeue(self) -> None:
-        """After a failure: every live watcher is created again from its next revision, in original order."""
-        live = list(self.by_id.values())
-        if self.inflight is not None and not self.inflight_abandoned:
-            live.append(self.inflight)
-        live.extend(self.pending)
-        for w in live:
-            w.watch_id = None
-        self.by_id.clear()
-        self.cancelling.clear()
-        self._outbox.clear()
-        self._fragments.clear()
-        self.inflight, self.inflight_abandoned = None, False
-        self.pending = deque(sorted((w for w in live if not w.done), key=lambda w: w.seq))
+    def needed(self) -> bool:
+        return not self.closing
 
-    def _next_probe_check(self, now: float) -> float | None:
+    def on_open(self, now: float) -> None:
+        self.probe_sent_at = None
+
+    def on_drop(self) -> None:
+        self._requeue()
+
+    def has_work(self) -> bool:
+        return bool(self._outbox) or (bool(self.pending) and len(self.inflight) < CREATE_WINDOW)
+
+    async def send(self, call: Any, now: float) -> None:
+        while self._outbox:
+            await call.write(self._outbox[0])
+            self._outbox.popleft()
+            self.cancels_sent += 1
+        while self.pending and len(self.inflight) < CREATE_WINDOW:
+            w = self.pending.popleft()
+            if w.done:
+                continue
+            self.inflight.append(w)
+            await call.write(w.create_request())
+        if self.probe_sent_at is None and self.by_id and now - self.last_reply_at >= PROBE_IDLE:
+            self.probe_sent_at = now
+            self.probes_sent += 1
+            await call.write(_progress_request())
+
+    def on_reply(self, reply: Any) -> None:
+        self.probe_sent_at = None
+        self._dispatch(reply)
+
+    def distrust(self, now: float) -> str | None:
+        if self.probe_sent_at is not None and now - self.probe_sent_at >= PROBE_TIMEOUT:
+            return f"did not answer a progress request in {PROBE_TIMEOUT:g}s"
+        return None
+
+    def next_check(self, now: float) -> float | None:
         """Seconds until the probe needs looking at (None: no watchers, nothing to check)."""
         if self.probe_sent_at is not None:
             return max(0.0, self.probe_sent_at + PROBE_TIMEOUT - now)
@@ -451,70 +397,29 @@ class _WatchStream:
             return max(0.0, self.last_reply_at + PROBE_IDLE - now)
         return None
 
-    async def _backoff(self, seconds: float) -> None:
-        """Wait before reopening a failed stream: the full time (unlike _pause, which returns at once while
-        watchers wait to be created, and so would spin), unless the stream is closed meanwhile."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + seconds
-        while not self.closing and (left := until - loop.time()) > 0:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._wake.wait()
-
-    async def _pause(self, seconds: float | None, reader: asyncio.Task[Any] | None = None) -> None:
-        self._wake.clear()
-        if self.closing or self._outbox or (self.inflight is None and self.pending):
-            return
-        if reader is not None and reader.done():
-            return
-        if seconds is None:
-            await self._wake.wait()
-        else:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._wake.wait()
-
-    async def _restart(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
-        """Give up this call; every live watcher is created again, on the next stream, from its next
-        revision."""
-        dropped = await self._drop(call, reader)
-        self._requeue()
-        return dropped
-
-    async def _drop(self, call: Any, reader: asyncio.Task[Any] | None) -> tuple[None, None]:
-        if call is not None:
-            call.cancel()
-        if reader is not None:
-            with contextlib.suppress(BaseException):
-                await reader
-        return None, None
-
-    # ---- reader: the only task that reads the call ----
-
-    async def _read(self, call: Any) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-            async for resp in call:
-                self.replies_since_open += 1
-                self.last_reply_at, self.probe_sent_at = loop.time(), None
-                self._dispatch(resp)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            # call.cancel() by our runner: a normal end.
-        finally:
-            self._wake.set()
-        if not self.closing:
-            raise WatchError(f"watch stream at {self.endpoint} was closed by the server")
+    def _requeue(self) -> None:
+        """After a failure: every live watcher is created again from its next revision, in original order."""
+        live = list(self.by_id.values())
+        live.extend(w for w in self.inflight if w not in self.abandoned)
+        live.extend(self.pending)
+        for w in live:
+            w.watch_id = None
+        self.by_id.clear()
+        self.cancelling.clear()
+        self._outbox.clear()
+        self._fragments.clear()
+        self.inflight.clear()
+        self.abandoned.clear()
+        self.pending = deque(sorted((w for w in live if not w.done), key=lambda w: w.seq))
 
     def _dispatch(self, resp: Any) -> None:
         wid = resp.watch_id
         if resp.created:
-            w, abandoned = self.inflight, self.inflight_abandoned
-            self.inflight, self.inflight_abandoned = None, False
-            self._wake.set()
+            w = self.inflight.popleft() if self.inflight else None
+            abandoned = w is not None and w in self.abandoned
+            if w is not None:
+                self.abandoned.discard(w)
+            self.wake()
             if resp.canceled:
                 if w is not None and not abandoned:
                     w._fail(self._create_error(w, resp))

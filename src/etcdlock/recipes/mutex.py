@@ -289,7 +289,7 @@ class Mutex:
                 if below.complete or below.floor <= queue.cleared_below:
                     break  # every key below mine is gone, and (same watcher, in order) mine is not
                 # More keys were below mine than one read returns: read the next ones.
-            await self._until_lost(queue.live())
+            await queue.live()  # a loss meanwhile interrupts this task (_while_interruptible_by_loss)
             below = await self._lower_keys(my_rev)
         queue.note_acquired(my_rev)
 
@@ -332,7 +332,7 @@ class Mutex:
         assert self._queue is not None
         watched_from = self._queue.covered_from
         if self._queue.in_doubt:
-            watched_from = await self._until_lost(self._queue.live())
+            watched_from = await self._queue.live()
         if watched_from > my_rev:
             await self._confirm_key(f"lock key {self.key.decode()} vanished right after it was created")
 
@@ -407,23 +407,6 @@ class Mutex:
 
     def _is_lock_key(self, key: bytes) -> bool:
         return _LOCK_KEY_SUFFIX.fullmatch(key[len(self.prefix) :]) is not None
-
-    async def _until_lost(self, aw: Coroutine[Any, Any, T]) -> T:
-        """Await aw, but raise LockLost as soon as my lock is lost."""
-        if self.lost.is_set():
-            aw.close()
-            raise LockLost(self._lost_message())
-        work = asyncio.ensure_future(aw)
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (work, lost):
-                t.cancel()
-            await asyncio.gather(work, lost, return_exceptions=True)
-        if self.lost.is_set():
-            raise LockLost(self._lost_message())
-        return work.result()
 
     # ---- loss ----
 

@@ -27,11 +27,11 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 
 from etcdlock.core.client import Client
 from etcdlock.core.errors import CompactedError, EtcdError, WatchError
+from etcdlock.core.flag import Flag
 from etcdlock.core.tasks import backoff
 from etcdlock.core.types import WatchEvent
 from etcdlock.core.watch import Watcher
@@ -53,7 +53,7 @@ class Interest:
         # name's key is the same string every time a session locks it again, so only a deletion after
         # that revision (or the key absent, or newer, in a resync's read) means the one I wait for is gone.
         self.waiting_on: dict[bytes, int] = {}
-        self.turn = asyncio.Event()  # set when waiting_on became empty
+        self.turn = Flag()  # set when waiting_on became empty
 
 
 class NameWatch:
@@ -69,7 +69,8 @@ class NameWatch:
         self.interests: set[Interest] = set()
         self._by_key: dict[bytes, set[Interest]] = {}
         self._own: dict[bytes, Interest] = {}
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
+        self.recent: list[tuple[int, bytes]] = []  # (revision, key), oldest first, at most _RECENT
+        self._forgotten = 0  # the latest revision of a deletion dropped from `recent` to keep it short
         self.acquiring = 0  # local acquisitions between their first read and their outcome
         self.events = 0
         self.resyncs = 0  # list-then-watch restarts after a compacted or ended watch
@@ -80,9 +81,17 @@ class NameWatch:
         # Reads of the queue at this revision or later can be trusted with the watcher: every deletion
         # after it is dispatched (or settled by a resync). 0 while the watcher is not live yet.
         self.covered_from = 0
-        self._live = asyncio.Event()
-        self.watcher = self._new_watcher(0)
-        self._task = client.spawn_owned(self._supervise(), f"lock-queue:{name}")
+        self._live = Flag()
+        self._resyncing: asyncio.Task[None] | None = None
+        self._closed = False
+        # From just after the latest revision this client saw, not from "now": the watch then covers the
+        # key a lock is about to create even when its create is answered after the key's Txn (thousands of
+        # new names at once), and the lock need not read its key again to know it was not deleted meanwhile.
+        self._first_start = client.revision_seen + 1 if client.revision_seen else 0
+        # No task per name while all is well (thousands of names are held at once): the watcher reports
+        # its creation and its end through callbacks, and a task exists only while a resync runs.
+        self.watcher = self._new_watcher(self._first_start)
+        self.watcher.on_created = self._first_created
         self.expiry: asyncio.TimerHandle | None = None
 
     def _new_watcher(self, start_revision: int) -> Watcher:
@@ -90,6 +99,7 @@ class NameWatch:
         # Deletions are handled right on the stream's reader: a release wakes the next holder with no
         # extra task switch in between.
         w.on_events = self._on_events
+        w.on_failed = self._watch_failed
         w.start()
         return w
 
@@ -145,7 +155,7 @@ class NameWatch:
         after the read, or the read is older than the remembered deletions): the caller reads again."""
         if not self._live.is_set() or read_revision < self.covered_from:
             return False
-        if self.recent and len(self.recent) == self.recent.maxlen and self.recent[0][0] > read_revision:
+        if self._forgotten > read_revision:
             return False
         pending = dict(keys)
         for rev, k in reversed(self.recent):
@@ -174,29 +184,20 @@ class NameWatch:
                 del self._by_key[key]
 
     # ---- watcher supervision ----
+    # The queue must outlive every fault while locks depend on it (they wait for it to be live), so
+    # anything the watcher ends with, expected or not, leads to a resync.
 
-    async def _supervise(self) -> None:
-        """Events arrive through _on_events; this starts the watcher and restarts it when it ends.
+    def _first_created(self, revision: int) -> None:
+        self.covered_from = self._first_start - 1 if self._first_start else revision
+        self._live.set()
 
-        It must outlive every fault while locks depend on it (they wait for it to be live), so anything
-        the watcher ends with, expected or not, leads to a resync."""
-        try:
-            self.covered_from = await self.watcher.wait_created()
-            self._live.set()
-        except Exception as e:
-            log.info("lock queue watch on %s could not start (%s); resyncing", self.name, e)
-            await self._resync()
-        while True:
-            try:
-                await self.watcher.next_event()
-                continue  # not reached: with on_events set nothing is buffered
-            except StopAsyncIteration:
-                return  # closed
-            except Exception as e:
-                # Compaction on resume, server cancel: deletions since the last one seen are unknown.
-                level = logging.INFO if isinstance(e, EtcdError) else logging.WARNING  # unexpected
-                log.log(level, "lock queue watch on %s ended (%r); resyncing", self.name, e)
-                await self._resync()
+    def _watch_failed(self, error: BaseException) -> None:
+        if self._closed or self._resyncing is not None or self.client.closed:
+            return  # closing; or the resync in progress sees this watcher's error itself
+        # Compaction on resume, server cancel: deletions since the last one seen are unknown.
+        level = logging.INFO if isinstance(error, EtcdError) else logging.WARNING  # unexpected
+        log.log(level, "lock queue watch on %s ended (%r); resyncing", self.name, error)
+        self._resyncing = self.client.spawn_owned(self._resync(), f"lock-queue-resync:{self.name}")
 
     async def _resync(self) -> None:
         """List, then watch from the list's revision + 1, then settle every lock against the list.
@@ -204,8 +205,14 @@ class NameWatch:
         Repeated until the new watcher is created (a compaction may overtake the read again)."""
         self._live.clear()
         self.resyncs += 1
+        try:
+            await self._resync_until_live()
+        finally:
+            self._resyncing = None
+
+    async def _resync_until_live(self) -> None:
         failures = 0
-        while not self.client.closed:
+        while not self.client.closed and not self._closed:
             self.watcher.cancel()
             try:
                 listed = await self.client.get(self.prefix, prefix=True, keys_only=True)
@@ -246,11 +253,15 @@ class NameWatch:
         self.acquiring -= 1
         if not self.acquiring:
             self.recent.clear()
+            self._forgotten = 0
 
     def _dispatch(self, key: bytes, revision: int) -> None:
         self.events += 1
         if self.acquiring:
             self.recent.append((revision, key))
+            if len(self.recent) > _RECENT:
+                dropped, self.recent = self.recent[: _RECENT // 2], self.recent[_RECENT // 2 :]
+                self._forgotten = max(self._forgotten, dropped[-1][0])
         owner = self._own.get(key)
         if owner is not None:
             owner.on_own_deleted(revision)
@@ -266,9 +277,10 @@ class NameWatch:
             interest.turn.set()
 
     async def close(self) -> None:
+        self._closed = True
         self.watcher.cancel()
-        task = self._task
-        if not task.done():
+        task = self._resyncing
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
