@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from etcdlock import Client, Lock
-from etcdlock.recipes.session import Session
+from etcdlock._recipes.session import Session
 
 TTL = 10
 # One cycle's lock: `async with lock_for(name):` holds it for the (empty) body.

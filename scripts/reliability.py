@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from etcdlock.chaos import SCENARIOS, RunReport, run_scenario
-from etcdlock.chaos.checker import CheckerConfig, fmt_ms, percentile
+from etcdlock._chaos import SCENARIOS, RunReport, run_scenario
+from etcdlock._chaos.checker import CheckerConfig, fmt_ms, percentile
 from etcdlock.testing import find_etcd_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def table(reports: list[RunReport], cfg: CheckerConfig, runs: int, command: str)
     lines = [
         "# Reliability under faults",
         "",
-        "Produced by `scripts/reliability.py` (the safety checker in `src/etcdlock/chaos/`); "
+        "Produced by `scripts/reliability.py` (the safety checker in `src/etcdlock/_chaos/`); "
         "do not edit by hand.",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from etcdlock import AuthError, Client, ConfigError, ConnectionFailedError, EtcdTimeoutError
-from etcdlock.cli.lock_cmd import EXIT_ERROR
-from etcdlock.core.errors import TTLBelowMinimumError
+from etcdlock._cli.lock_cmd import EXIT_ERROR
+from etcdlock._core.errors import TTLBelowMinimumError
 from etcdlock.testing import EtcdCluster
 from tests.test_cli import run_cli
 from tests.test_lock import assert_clean, baseline, grants_metric, keys_under

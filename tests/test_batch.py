@@ -27,7 +27,7 @@ async def test_backed_up_requests_of_many_names_share_rpcs(client: Client, ns: s
     sent_before, batched_before = b.batches_sent, b.requests_batched
     keys = [f"{ns}n{i}/k".encode() for i in range(40)]
     replies = await asyncio.gather(
-        *(client.txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in keys)
+        *(client._txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in keys)
     )
     assert all(r.succeeded for r in replies)
     assert all(r.header.revision > 0 for r in replies), "nested replies must carry the outer header"
@@ -43,7 +43,7 @@ async def test_backed_up_requests_of_many_names_share_rpcs(client: Client, ns: s
 async def test_one_lock_name_is_never_twice_in_a_batch(client: Client, ns: str) -> None:
     name = f"{ns}same".encode()
     keys = [name + b"/" + bytes(f"{i:x}", "ascii") for i in range(30)]
-    replies = await asyncio.gather(*(client.txn_batched(put_if_absent(k), name, k) for k in keys))
+    replies = await asyncio.gather(*(client._txn_batched(put_if_absent(k), name, k) for k in keys))
     revisions = [r.header.revision for r in replies]
     assert len(set(revisions)) == len(revisions), "two keys of one lock name got the same create_revision"
 
@@ -51,8 +51,8 @@ async def test_one_lock_name_is_never_twice_in_a_batch(client: Client, ns: str) 
 async def test_same_order_key_applies_in_call_order(client: Client, ns: str) -> None:
     key = f"{ns}o/k".encode()
     name = f"{ns}o".encode()
-    create = client.txn_batched(put_if_absent(key), name, key)
-    delete = client.txn_batched(
+    create = client._txn_batched(put_if_absent(key), name, key)
+    delete = client._txn_batched(
         pb.TxnRequest(success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))]), name, key
     )
     r1, r2 = await asyncio.gather(create, delete)
@@ -64,7 +64,7 @@ async def _backed_up(client: Client, ns: str) -> asyncio.Task[pb.TxnResponse]:
     """One request of another name in flight: whatever is submitted next queues, and what is queued in one
     loop turn goes out together at the end of it."""
     key = f"{ns}blocker/k".encode()
-    blocker = asyncio.create_task(client.txn_batched(put_if_absent(key), b"blocker", key))
+    blocker = asyncio.create_task(client._txn_batched(put_if_absent(key), b"blocker", key))
     await asyncio.sleep(0)  # let it go out
     assert client._batcher.rpcs_in_flight == 1
     return blocker
@@ -76,8 +76,8 @@ async def test_a_bad_request_fails_alone(client: Client, ns: str) -> None:
     good = [f"{ns}g{i}/k".encode() for i in range(5)]
     bad = f"{ns}bad/k".encode()
     results = await asyncio.gather(
-        *(client.txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in good),
-        client.txn_batched(put_if_absent(bad, lease=0x7777777), bad.rsplit(b"/", 1)[0], bad),
+        *(client._txn_batched(put_if_absent(k), k.rsplit(b"/", 1)[0], k) for k in good),
+        client._txn_batched(put_if_absent(bad, lease=0x7777777), bad.rsplit(b"/", 1)[0], bad),
         return_exceptions=True,
     )
     await blocker
@@ -90,7 +90,7 @@ async def test_a_bad_request_fails_alone(client: Client, ns: str) -> None:
 async def test_cancelled_queued_request_has_no_effect(client: Client, ns: str) -> None:
     blocker = await _backed_up(client, ns)
     key = f"{ns}c/k".encode()
-    task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"c", key))
+    task = asyncio.create_task(client._txn_batched(put_if_absent(key), b"c", key))
     await asyncio.sleep(0)
     assert any(e.order == key for e in client._batcher._pending), "the request should be queued"
     task.cancel()
@@ -107,7 +107,7 @@ async def test_closing_answers_requests_whose_send_task_never_ran(client: Client
     """
     blocker = await _backed_up(client, ns)
     key = f"{ns}never/k".encode()
-    task = asyncio.create_task(client.txn_batched(put_if_absent(key), b"never", key))
+    task = asyncio.create_task(client._txn_batched(put_if_absent(key), b"never", key))
     await asyncio.sleep(0)
     b = client._batcher
     b._flush()  # the queued request now belongs to a send task that has not run yet ...
@@ -137,7 +137,7 @@ async def test_a_busy_client_sends_each_turns_requests_without_waiting_for_those
                 for i in range(4):
                     name = f"{ns}w{wave}n{i}".encode()
                     key = name + b"/k"
-                    waves.append(asyncio.create_task(c.txn_batched(put_if_absent(key), name, key)))
+                    waves.append(asyncio.create_task(c._txn_batched(put_if_absent(key), name, key)))
                 await asyncio.sleep(0)  # one turn: the wave's tasks run and queue (or go alone)
                 await wait_until(lambda: not b._pending, 5, "the wave went out")
             assert b.rpcs_in_flight >= 3, "a wave waited for an RPC in flight to return"
@@ -156,7 +156,7 @@ async def test_the_wave_after_a_batch_goes_as_one_rpc(client: Client, ns: str) -
 
     async def wave(tag: str) -> None:
         names = [f"{ns}{tag}{i}".encode() for i in range(5)]
-        calls = [client.txn_batched(put_if_absent(n + b"/k"), n, n + b"/k") for n in names]
+        calls = [client._txn_batched(put_if_absent(n + b"/k"), n, n + b"/k") for n in names]
         replies = await asyncio.gather(*calls)
         assert all(r.succeeded for r in replies)
 
@@ -165,7 +165,7 @@ async def test_the_wave_after_a_batch_goes_as_one_rpc(client: Client, ns: str) -
     await wave("b")
     assert (b.batches_sent - sent, b.requests_batched - batched) == (1, 5)
     name = f"{ns}lone".encode()
-    await client.txn_batched(put_if_absent(name + b"/k"), name, name + b"/k")  # a batch of one ...
+    await client._txn_batched(put_if_absent(name + b"/k"), name, name + b"/k")  # a batch of one ...
     assert not b._after_batch  # ... after which requests go by themselves again
 
 
@@ -177,7 +177,7 @@ async def test_a_caller_cancelled_while_its_request_is_in_flight_lets_the_reques
     landed after the guarded delete and the key stayed). The next request of the same order key goes out
     only once the first was answered, so it is applied after it."""
     key = f"{ns}inflight/k".encode()
-    first = asyncio.create_task(client.txn_batched(put_if_absent(key), b"inflight", key))
+    first = asyncio.create_task(client._txn_batched(put_if_absent(key), b"inflight", key))
     await asyncio.sleep(0)  # sent alone, now in flight
     assert client._batcher.rpcs_in_flight == 1
     first.cancel()
@@ -185,5 +185,5 @@ async def test_a_caller_cancelled_while_its_request_is_in_flight_lets_the_reques
         await first
     assert client._batcher.rpcs_in_flight == 1, "the RPC was cancelled with its caller"
     delete = pb.TxnRequest(success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))])
-    await client.txn_batched(delete, b"inflight", key)
+    await client._txn_batched(delete, b"inflight", key)
     assert (await client.get(key)).count == 0

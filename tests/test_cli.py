@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from etcdlock import SyncClient
-from etcdlock.cli.lock_cmd import EXIT_ERROR, EXIT_LOST, EXIT_TIMEOUT
+from etcdlock._cli.lock_cmd import EXIT_ERROR, EXIT_LOST, EXIT_TIMEOUT
 from tests.waiting import wait_until_sync
 
-CLI = [sys.executable, "-m", "etcdlock.cli.main"]
+CLI = [sys.executable, "-m", "etcdlock._cli.main"]
 
 
 def run_cli(*args: str, endpoints: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

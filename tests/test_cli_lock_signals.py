@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from etcdlock import SyncClient
-from etcdlock.cli.lock_cmd import EXIT_LOST
+from etcdlock._cli.lock_cmd import EXIT_LOST
 from tests.test_cli import _pid_alive, finish, run_cli, spawn_cli
 from tests.waiting import wait_until_sync
 

@@ -16,9 +16,9 @@ import grpc.aio
 import pytest
 
 from etcdlock import Client, LockLost
-from etcdlock.recipes.lock import Lock
-from etcdlock.recipes.queue import registry_for
-from etcdlock.recipes.session_pool import pool_for
+from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.queue import registry_for
+from etcdlock._recipes.session_pool import pool_for
 from tests.test_lock import (
     MAX_ITERATIONS,
     assert_clean,
@@ -219,7 +219,7 @@ async def test_requests_refused_with_too_many_requests_are_retried_and_leave_not
             lease = held.lease
         assert await keys_under(c, ns) == {}
     assert refuse.refused == 3
-    assert c.requests_throttled == 3  # (the revoke happens as the client closes)
+    assert c._requests_throttled == 3  # (the revoke happens as the client closes)
     async with Client(etcd_endpoints) as check:
         assert lease not in await check.leases(), "the default session's lease was not revoked at close"
         assert set(await check.leases()) <= before

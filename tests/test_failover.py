@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from etcdlock import Client, ConnectionFailedError
-from etcdlock.core.watch import STREAM_KEY
+from etcdlock._core.watch import STREAM_KEY
 from etcdlock.testing import EtcdCluster, EtcdMember
 from tests.waiting import wait_until
 

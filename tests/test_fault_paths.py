@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from etcdlock import Client, ConfigError, ConnectionFailedError, EtcdTimeoutError, LockLost
-from etcdlock.core.tasks import backoff
+from etcdlock._core.tasks import backoff
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.waiting import wait_until
 

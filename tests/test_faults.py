@@ -1,4 +1,4 @@
-"""Fault scenarios under the safety checker (src/etcdlock/chaos): each its own test, one run each here.
+"""Fault scenarios under the safety checker (src/etcdlock/_chaos): each its own test, one run each here.
 
 `scripts/reliability.py --runs 5` runs them repeatedly and writes RELIABILITY.md; `--slow` runs each
 three times here.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from etcdlock.chaos import SCENARIOS, run_scenario
-from etcdlock.chaos.checker import CheckerConfig, RunReport
+from etcdlock._chaos import SCENARIOS, run_scenario
+from etcdlock._chaos.checker import CheckerConfig, RunReport
 
 
 def runs(request: pytest.FixtureRequest) -> int:

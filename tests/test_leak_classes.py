@@ -18,8 +18,8 @@ import weakref
 import pytest
 
 from etcdlock import Client, ConnectionFailedError, LockTimeout
-from etcdlock.diagnostics.process import rss_bytes
-from etcdlock.recipes.mutex import Mutex
+from etcdlock._diagnostics.process import rss_bytes
+from etcdlock._recipes.mutex import Mutex
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 
@@ -123,7 +123,7 @@ async def test_k_closing_a_client_cancels_its_timers(etcd_endpoints: list[str], 
 async def test_g_one_connection_per_endpoint_whatever_the_lock_traffic(
     etcd_endpoints: list[str], ns: str
 ) -> None:
-    from etcdlock.diagnostics.process import fd_count, tcp_connections
+    from etcdlock._diagnostics.process import fd_count, tcp_connections
 
     ports = {int(e.rsplit(":", 1)[1]) for e in etcd_endpoints}
     async with Client(etcd_endpoints) as c:

@@ -12,7 +12,7 @@ import contextlib
 import gc
 
 from etcdlock import Client
-from etcdlock.diagnostics.process import fd_count, tcp_connections, thread_count
+from etcdlock._diagnostics.process import fd_count, tcp_connections, thread_count
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 

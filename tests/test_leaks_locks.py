@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from etcdlock import Client
-from etcdlock.core.lease import KeepAlive
-from etcdlock.recipes.lock import Lock
-from etcdlock.recipes.mutex import Mutex
-from etcdlock.recipes.session import Session
-from etcdlock.recipes.session_pool import pool_for
+from etcdlock._core.lease import KeepAlive
+from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.mutex import Mutex
+from etcdlock._recipes.session import Session
+from etcdlock._recipes.session_pool import pool_for
 
 
 @pytest.fixture

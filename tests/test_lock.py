@@ -28,9 +28,9 @@ from etcdlock import (
     LockTimeout,
     Op,
 )
-from etcdlock.recipes.mutex import Mutex
-from etcdlock.recipes.queue import NameWatch, registry_for
-from etcdlock.recipes.session_pool import open_pools, pool_for
+from etcdlock._recipes.mutex import Mutex
+from etcdlock._recipes.queue import NameWatch, registry_for
+from etcdlock._recipes.session_pool import open_pools, pool_for
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 

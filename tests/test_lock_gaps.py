@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from etcdlock import Client, Compare, ConnectionFailedError, EtcdTimeoutError, LockLost, Op
-from etcdlock.core.watch import Watcher
-from etcdlock.recipes.queue import registry_for
+from etcdlock._core.watch import Watcher
+from etcdlock._recipes.queue import registry_for
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.waiting import wait_until
 
@@ -60,7 +60,7 @@ def hold_back_new_watchers(client: Client) -> asyncio.Event:
             start()
 
         def start_when_let() -> None:
-            client.spawn_owned(start_later(), "test:held-back-watch")
+            client._spawn_owned(start_later(), "test:held-back-watch")
 
         w.start = start_when_let  # type: ignore[method-assign]
         return w

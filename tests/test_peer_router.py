@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from etcdlock.sync import SyncClient
+from etcdlock._sync import SyncClient
 from etcdlock.testing import EtcdCluster, EtcdMember, PeerRouter
 from tests.waiting import wait_until_sync
 

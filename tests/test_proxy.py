@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from etcdlock import Client
-from etcdlock.core.errors import ConnectionFailedError, EtcdTimeoutError
+from etcdlock._core.errors import ConnectionFailedError, EtcdTimeoutError
 from etcdlock.testing import FaultProxy, free_port
 from tests.waiting import wait_until, wait_until_sync
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from etcdlock import Client
-from etcdlock.diagnostics import soak as soak_mod
-from etcdlock.diagnostics.soak import Soak, SoakConfig
+from etcdlock._diagnostics import soak as soak_mod
+from etcdlock._diagnostics.soak import Soak, SoakConfig
 
 
 def test_soak_command_reports_flat_with_json_and_chart(etcd_endpoints: list[str], tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_soak_command_reports_flat_with_json_and_chart(etcd_endpoints: list[str]
         [
             sys.executable,
             "-m",
-            "etcdlock.cli.main",
+            "etcdlock._cli.main",
             "soak",
             "--endpoints",
             ",".join(etcd_endpoints),

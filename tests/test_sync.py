@@ -33,7 +33,7 @@ def sync_client(etcd_endpoints: list[str]) -> Iterator[SyncClient]:
 
 
 def test_many_sync_clients_do_not_grow_threads_or_fds(etcd_endpoints: list[str]) -> None:
-    from etcdlock.diagnostics.process import fd_count, thread_count
+    from etcdlock._diagnostics.process import fd_count, thread_count
 
     for _ in range(3):
         SyncClient(etcd_endpoints).close()

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from etcdlock.core.tasks import shielded
+from etcdlock._core.tasks import shielded
 
 
 async def turns(n: int = 3) -> None:

@@ -21,7 +21,7 @@ from etcdlock.testing import (
     EtcdMember,
     EtcdNotInstalledError,
     EtcdStartError,
-    EtcdTimeoutError,
+    EtcdWaitTimeout,
     find_etcd_binary,
     find_etcdctl_binary,
     parse_prometheus_text,
@@ -160,7 +160,7 @@ def test_pause_resume_single_member(etcd_fresh: EtcdCluster) -> None:
     (member,) = etcd_fresh.members
     member.pause()
     assert member.is_paused and member.is_running
-    with pytest.raises(EtcdTimeoutError, match=r"m0 \(the member is paused\).*/health"):
+    with pytest.raises(EtcdWaitTimeout, match=r"m0 \(the member is paused\).*/health"):
         member.wait_ready(timeout=0.3)
     member.resume()
     assert not member.is_paused

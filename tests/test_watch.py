@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from etcdlock import Client, CompactedError, EventType, WatchOverflowError
+from etcdlock._core.watch import STREAM_KEY
 from etcdlock._wire import rpc_pb2 as pb
-from etcdlock.core.watch import STREAM_KEY
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 

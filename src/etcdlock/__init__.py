@@ -1,9 +1,9 @@
 """etcdlock: distributed locks on etcd that never leak, never lie about who holds a lock, hand over fast."""
 
-from etcdlock.client import Client
-from etcdlock.core.client import Resources
-from etcdlock.core.connection import TLSConfig
-from etcdlock.core.errors import (
+from etcdlock._client import Client
+from etcdlock._core.client import Resources
+from etcdlock._core.connection import TLSConfig
+from etcdlock._core.errors import (
     AuthError,
     ClientClosedError,
     CompactedError,
@@ -18,9 +18,9 @@ from etcdlock.core.errors import (
     WatchError,
     WatchOverflowError,
 )
-from etcdlock.core.lease import KeepAlive
-from etcdlock.core.txn import Compare, Op
-from etcdlock.core.types import (
+from etcdlock._core.lease import KeepAlive
+from etcdlock._core.txn import Compare, Op
+from etcdlock._core.types import (
     DeleteResult,
     EventType,
     GetResult,
@@ -34,11 +34,11 @@ from etcdlock.core.types import (
     TxnResult,
     WatchEvent,
 )
-from etcdlock.core.watch import Watcher
-from etcdlock.recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
-from etcdlock.recipes.lock import Lock
-from etcdlock.recipes.session import Session
-from etcdlock.sync import SyncClient, SyncLock, SyncWatch
+from etcdlock._core.watch import Watcher
+from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
+from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.session import Session
+from etcdlock._sync import SyncClient, SyncLock, SyncWatch
 
 __version__ = "0.1.0"
 

@@ -58,11 +58,11 @@ from etcdlock.testing.peers import PeerRouter
 __all__ = [
     "INSTALL_HINT",
     "EtcdCluster",
-    "EtcdError",
     "EtcdMember",
     "EtcdNotInstalledError",
+    "EtcdProcessError",
     "EtcdStartError",
-    "EtcdTimeoutError",
+    "EtcdWaitTimeout",
     "ServerTLS",
     "find_etcd_binary",
     "find_etcdctl_binary",
@@ -109,15 +109,15 @@ class EtcdNotInstalledError(RuntimeError):
     """No etcd binary could be found.  The message says how to install it."""
 
 
-class EtcdError(RuntimeError):
+class EtcdProcessError(RuntimeError):
     """Base class for failures of the test launcher (not of etcd's API)."""
 
 
-class EtcdStartError(EtcdError):
+class EtcdStartError(EtcdProcessError):
     """An etcd process exited while we were waiting for it to become ready."""
 
 
-class EtcdTimeoutError(EtcdError):
+class EtcdWaitTimeout(EtcdProcessError):
     """A condition on etcd (health, leader, ...) was not met before its deadline."""
 
 
@@ -214,9 +214,9 @@ def _http_post_json(url: str, body: dict[str, object], timeout: float) -> dict[s
         with _HTTP.open(request, timeout=timeout) as resp:
             answer = json.loads(resp.read())
     except (OSError, ValueError) as exc:  # includes URLError/HTTPError, timeouts and bad JSON
-        raise EtcdError(f"POST {url} failed: {exc}") from exc
+        raise EtcdProcessError(f"POST {url} failed: {exc}") from exc
     if not isinstance(answer, dict):
-        raise EtcdError(f"POST {url} returned {answer!r}")
+        raise EtcdProcessError(f"POST {url} returned {answer!r}")
     return answer
 
 
@@ -557,7 +557,7 @@ class EtcdMember:
         """
         with self._lock:
             if self.is_running:
-                raise EtcdError(f"etcd member {self._name} is already running (pid {self.pid})")
+                raise EtcdProcessError(f"etcd member {self._name} is already running (pid {self.pid})")
             self._reap()
             state = "existing" if self._starts > 0 or (self.data_dir / "member").exists() else "new"
             argv = self.command(cluster_state=state)
@@ -607,7 +607,7 @@ class EtcdMember:
             except OSError:
                 pass
             if time.monotonic() >= deadline:
-                raise EtcdTimeoutError(
+                raise EtcdWaitTimeout(
                     f"etcd member {self._name} not serving peer traffic at {self.peer_url} before the "
                     f"deadline. {self._log_tail_text()}"
                 )
@@ -622,7 +622,7 @@ class EtcdMember:
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Poll ``GET /health`` until it reports ``{"health": "true"}``.
 
-        Raises :class:`EtcdStartError` if the process exits and :class:`EtcdTimeoutError` if
+        Raises :class:`EtcdStartError` if the process exits and :class:`EtcdWaitTimeout` if
         the deadline passes; both quote the tail of the etcd log.
         """
         deadline = time.monotonic() + timeout
@@ -630,14 +630,14 @@ class EtcdMember:
         while True:
             if not self.is_running:
                 if self._proc is None:
-                    raise EtcdError(f"etcd member {self._name} was never started")
+                    raise EtcdProcessError(f"etcd member {self._name} was never started")
                 raise self._exited_error("while waiting for it to become healthy")
             ok, last = self._poll_ready(_request_timeout(deadline))
             if ok:
                 return
             if time.monotonic() >= deadline:
                 paused = " (the member is paused)" if self._paused else ""
-                raise EtcdTimeoutError(
+                raise EtcdWaitTimeout(
                     f"etcd member {self._name}{paused} not healthy at {self.client_url}/health after "
                     f"{timeout:.1f}s; last result: {last}. {self._log_tail_text()}"
                 )
@@ -721,7 +721,7 @@ class EtcdMember:
             if cond(state) or state in ("Z", "X"):
                 return
             if time.monotonic() >= deadline:
-                raise EtcdTimeoutError(
+                raise EtcdWaitTimeout(
                     f"etcd member {self._name} (pid {proc.pid}) not {what} after {timeout:.1f}s "
                     f"(process state {state!r})"
                 )
@@ -749,7 +749,7 @@ class EtcdMember:
         try:
             body = _http_get(url, timeout=timeout)
         except OSError as exc:  # includes URLError/HTTPError and timeouts
-            raise EtcdError(f"etcd member {self._name}: GET {url} failed: {exc}") from exc
+            raise EtcdProcessError(f"etcd member {self._name}: GET {url} failed: {exc}") from exc
         return parse_prometheus_text(body.decode("utf-8", errors="replace"))
 
     def metric(self, name: str, timeout: float = 5.0) -> float:
@@ -771,11 +771,11 @@ class EtcdMember:
     def member_id(self, timeout: float = 5.0) -> int:
         """This member's ID in the cluster (asked through its gRPC gateway; plain-http members only)."""
         if self._tls is not None:
-            raise EtcdError("member_id() asks over plain http; this member serves TLS")
+            raise EtcdProcessError("member_id() asks over plain http; this member serves TLS")
         status = _http_post_json(self.client_url + "/v3/maintenance/status", {}, timeout)
         header = status.get("header")
         if not isinstance(header, dict) or "member_id" not in header:
-            raise EtcdError(f"etcd member {self._name}: status without a member_id: {status!r}")
+            raise EtcdProcessError(f"etcd member {self._name}: status without a member_id: {status!r}")
         return int(header["member_id"])
 
     def is_leader(self, timeout: float = 5.0) -> bool:
@@ -815,7 +815,7 @@ def _port_was_taken(member: EtcdMember) -> bool:
 def _probe_leader(member: EtcdMember) -> tuple[bool, str]:
     try:
         is_leader = member.is_leader(timeout=_HTTP_TIMEOUT)
-    except (EtcdError, KeyError) as exc:
+    except (EtcdProcessError, KeyError) as exc:
         return False, f"error: {exc}"
     return is_leader, "leader" if is_leader else "follower"
 
@@ -924,7 +924,7 @@ class EtcdCluster:
     def peer_router(self) -> PeerRouter:
         """The router carrying peer traffic (``route_peers=True`` only), while the cluster is started."""
         if self._router is None:
-            raise EtcdError(
+            raise EtcdProcessError(
                 "this cluster routes no peer traffic (make it with route_peers=True and start it)"
             )
         return self._router
@@ -993,7 +993,7 @@ class EtcdCluster:
         choosing it and etcd binding it, the whole cluster is retried on fresh ports.
         """
         if self._tmp_dir is not None:
-            raise EtcdError("this EtcdCluster is already started")
+            raise EtcdProcessError("this EtcdCluster is already started")
         binary = self._binary or find_etcd_binary()
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="etcdlock-etcd-"))
         try:
@@ -1008,7 +1008,7 @@ class EtcdCluster:
                             m._wait_peer_serving(deadline)
                     self._wait_ready(self.members, max(0.0, deadline - time.monotonic()))
                     return self
-                except EtcdError:
+                except EtcdProcessError:
                     for m in self.members:
                         m.kill()
                     if attempt == _PORT_ATTEMPTS or not any(_port_was_taken(m) for m in self.members):
@@ -1051,7 +1051,7 @@ class EtcdCluster:
                     f"{last.get(m.name, '')}. {m._log_tail_text()}"
                     for m in pending
                 )
-                raise EtcdTimeoutError(
+                raise EtcdWaitTimeout(
                     f"etcd cluster not healthy after {timeout:.1f}s; "
                     f"{len(pending)} of {len(members)} member(s) not ready:\n{details}"
                 )
@@ -1068,11 +1068,11 @@ class EtcdCluster:
         if only_running:
             members = [m for m in members if m.is_running]
             if not members:
-                raise EtcdError("no etcd member of this cluster is running")
+                raise EtcdProcessError("no etcd member of this cluster is running")
         else:
             dead = [m.name for m in members if not m.is_running]
             if dead:
-                raise EtcdError(
+                raise EtcdProcessError(
                     f"etcd member(s) {', '.join(dead)} not running; restart them or pass only_running=True"
                 )
         self._wait_ready(members, timeout)
@@ -1098,7 +1098,7 @@ class EtcdCluster:
             if len(leaders) == 1:
                 return leaders[0]
             if time.monotonic() >= deadline:
-                raise EtcdTimeoutError(
+                raise EtcdWaitTimeout(
                     f"no single etcd leader after {timeout:.1f}s: "
                     + ", ".join(f"{name}={s}" for name, s in status.items())
                 )
@@ -1117,7 +1117,7 @@ class EtcdCluster:
             )
         while self.leader(max(0.0, deadline - time.monotonic())) is not to:
             if time.monotonic() >= deadline:
-                raise EtcdTimeoutError(f"etcd member {to.name} did not become leader within {timeout:.1f}s")
+                raise EtcdWaitTimeout(f"etcd member {to.name} did not become leader within {timeout:.1f}s")
             time.sleep(_POLL_INTERVAL)
 
     def followers(self, timeout: float = 10.0) -> list[EtcdMember]:
@@ -1135,7 +1135,7 @@ class EtcdCluster:
         errors: list[BaseException] = []
         for m in self.members:
             if m.is_paused:
-                with contextlib.suppress(EtcdError):
+                with contextlib.suppress(EtcdProcessError):
                     m.resume()
         order = list(self.members)
         running = [m for m in self.members if m.is_running]
@@ -1159,4 +1159,4 @@ class EtcdCluster:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if errors:
-            raise EtcdError(f"errors while stopping etcd members: {errors!r}") from errors[0]
+            raise EtcdProcessError(f"errors while stopping etcd members: {errors!r}") from errors[0]
