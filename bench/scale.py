@@ -239,7 +239,8 @@ async def drain(client: Client, waiters: int, timeout: float) -> Drain:
         except Exception as exc:
             out.failures[kind(exc)] += 1
 
-    holder = await client.lock(QUEUE_NAME, ttl=TTL).acquire()
+    holder = client.lock(QUEUE_NAME, ttl=TTL)
+    await holder.acquire()  # no timeout: True once held
     started = time.perf_counter()
     line = asyncio.gather(*(wait_turn() for _ in range(waiters)))
     out.all_queued = await queued(client, waiters + 1, timeout)

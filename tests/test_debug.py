@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etcdlock import Client, LockTimeout
+from tests.test_lock import acquired
 from tests.waiting import wait_until
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -48,7 +49,7 @@ async def test_every_route_answers_and_metrics_match(
             with pytest.raises(LockTimeout):
                 async with client.lock(ns + "b", timeout=0.1):
                     pass
-        held = await client.lock(ns + "c").acquire()
+        held = await acquired(client.lock(ns + "c"))
         await other.revoke(held.lease)
         await wait_until(lambda: held.lost.is_set(), what="loss seen")
         await held.release()

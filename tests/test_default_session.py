@@ -21,6 +21,7 @@ from etcdlock._recipes.queue import registry_for
 from etcdlock._recipes.session_pool import pool_for
 from tests.test_lock import (
     MAX_ITERATIONS,
+    acquired,
     assert_clean,
     baseline,
     cancel_at,
@@ -91,7 +92,7 @@ async def test_cancel_a_second_lock_of_a_held_name_at_every_point(client: Client
     """The second lock of a name this client holds needs a session of its own (started on the way):
     cancelled at every await point, it leaves no key, and its session goes once idle."""
     name = ns + "second"
-    holder = await client.lock(name, timeout=5).acquire()
+    holder = await acquired(client.lock(name, timeout=5))
     queue = registry_for(client).names[name]
     failures: dict[str, list[str]] = {}
     trials = 0
@@ -126,8 +127,8 @@ async def test_a_revoked_default_session_loses_every_lock_on_it_and_the_next_loc
 ) -> None:
     base = await baseline(client)
     async with second_client(etcd_endpoints) as other:
-        a = await client.lock(ns + "a", timeout=5).acquire()
-        b = await client.lock(ns + "b", timeout=5).acquire()
+        a = await acquired(client.lock(ns + "a", timeout=5))
+        b = await acquired(client.lock(ns + "b", timeout=5))
         lost_lease = a.lease
         assert b.lease == lost_lease
         await other.revoke(lost_lease)

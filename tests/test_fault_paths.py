@@ -18,6 +18,7 @@ import pytest
 from etcdlock import Client, ConfigError, ConnectionFailedError, EtcdTimeoutError, LockLost
 from etcdlock._core.tasks import backoff
 from etcdlock.testing import EtcdCluster, FaultProxy
+from tests.test_lock import acquired
 from tests.waiting import wait_until
 
 
@@ -42,7 +43,7 @@ async def test_a_black_holed_member_is_left_and_a_held_lock_survives(
         async with holder.lock(name, ttl=ttl, timeout=5) as held:
             token = held.token
             assert holder.current_endpoint == endpoints[0]
-            waiting = asyncio.ensure_future(waiter.lock(name, ttl=ttl, timeout=30).acquire())
+            waiting = asyncio.ensure_future(acquired(waiter.lock(name, ttl=ttl, timeout=30)))
             await wait_until(
                 lambda: len(etcd_keys(etcd_cluster3, name)) == 2, timeout=10, what="the waiter to queue"
             )
@@ -190,9 +191,9 @@ async def test_a_waiter_cut_off_past_its_lease_fails_at_its_local_deadline_not_a
     ttl = 3
     name = ns + "deadline"
     async with Client(etcd_cluster3.endpoints) as holder_client, Client([proxies[0].endpoint]) as c:
-        holder = await holder_client.lock(name, ttl=30).acquire()
+        holder = await acquired(holder_client.lock(name, ttl=30))
         try:
-            waiting = asyncio.ensure_future(c.lock(name, ttl=ttl, timeout=60).acquire())
+            waiting = asyncio.ensure_future(acquired(c.lock(name, ttl=ttl, timeout=60)))
             await wait_until(lambda: len(etcd_keys(etcd_cluster3, name)) == 2, timeout=10, what="the queue")
             keepalive = c._lease.keepalive  # the waiter's one lease
             (lease_id,) = keepalive.lease_ids()

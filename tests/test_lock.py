@@ -26,6 +26,7 @@ from etcdlock import (
     LockError,
     LockLost,
     LockTimeout,
+    NotAcquiredError,
     Op,
 )
 from etcdlock._recipes.mutex import Mutex
@@ -211,6 +212,13 @@ async def second_client(endpoints: list[str]) -> AsyncIterator[Client]:
     assert c.resources().total() == 0, f"second client holds resources after close: {c.resources()}"
 
 
+async def acquired(lock: Lock) -> Lock:
+    """`lock`, acquired (for tests where it must be): fails the test if its timeout passed first."""
+    if not await lock.acquire():
+        raise AssertionError(f"lock {lock.name!r} not acquired within its timeout")
+    return lock
+
+
 def mutex_of(lock: Lock) -> Mutex:
     m = lock._mutex
     assert m is not None, "the lock has no mutex yet"
@@ -296,7 +304,7 @@ async def test_acquire_release_key_token_and_increasing_tokens(client: Client, n
             await client.delete(ns + "fenced")
         assert not held.held
         assert await keys_under(client, ns) == {}
-        with pytest.raises(LockLost):
+        with pytest.raises(NotAcquiredError):
             held.is_owner()  # a released lock no longer hands out its fencing compare
     assert tokens == sorted(tokens) and len(set(tokens)) == 3, f"tokens not strictly increasing: {tokens}"
     await assert_clean(client, ns, base, allow_lingering=False)
@@ -439,7 +447,7 @@ async def test_fifo_and_exactly_one_waiter_woken_per_release(client: Client, ns:
     base = await baseline(client)
     name = ns + "fifo"
     n = 8
-    holder = await client.lock(name, timeout=2).acquire()
+    holder = await acquired(client.lock(name, timeout=2))
     locks = [client.lock(name, timeout=20) for _ in range(n)]
     release = [asyncio.Event() for _ in range(n)]
     grants: list[tuple[int, int]] = []  # (waiter, token) in grant order
@@ -627,7 +635,7 @@ async def test_cancel_contended_acquire_at_every_point(
     trials = 0
     async with second_client(etcd_endpoints) as other:
         other_base = await baseline(other)
-        holder = await other.lock(name, timeout=2).acquire()
+        holder = await acquired(other.lock(name, timeout=2))
         try:
             # The holder's client settles (its queue watcher is created) before the baseline is taken.
             await wait_until(
@@ -686,7 +694,7 @@ async def test_cancel_release_at_every_point(client: Client, ns: str, shared_ses
         async def trial(step: int | float) -> bool:
             nonlocal trials
             trials += 1
-            held = await client.lock(name, timeout=2, session=session).acquire()
+            held = await acquired(client.lock(name, timeout=2, session=session))
             out = await cancel_at(held.release(), step)
             assert out.error is None, f"step {step!r}: release raised {out.error!r}"
             assert not held.held
@@ -809,7 +817,7 @@ async def test_loss_right_after_acquire_is_seen_while_the_queue_watcher_is_still
             for w in noise:
                 w.start()
             if take == "lock":
-                held: Lock | None = await client.lock(name, timeout=2).acquire()
+                held: Lock | None = await acquired(client.lock(name, timeout=2))
             else:
                 held = await client.try_lock(name)
             assert held is not None
@@ -1019,12 +1027,14 @@ async def test_session_of_another_client_is_refused(
     await assert_clean(client, ns, base)
 
 
-async def test_lock_object_is_single_use(client: Client, ns: str) -> None:
+async def test_lock_object_is_reusable(client: Client, ns: str) -> None:
     base = await baseline(client)
-    lock = client.lock(ns + "once", timeout=2)
-    async with lock:
-        pass
-    with pytest.raises(ConfigError, match="already used"):
-        async with lock:
-            pytest.fail("a used Lock object acquired again")
+    lock = client.lock(ns + "again", timeout=2)
+    tokens: list[int] = []
+    for _ in range(2):
+        async with lock as held:
+            assert held is lock and lock.held
+            tokens.append(lock.token)
+        assert not lock.held
+    assert tokens[0] < tokens[1], f"the second acquisition did not get a new token: {tokens}"
     await assert_clean(client, ns, base)

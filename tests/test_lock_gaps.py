@@ -24,6 +24,7 @@ from etcdlock import Client, Compare, ConnectionFailedError, EtcdTimeoutError, L
 from etcdlock._core.watch import Watcher
 from etcdlock._recipes.queue import registry_for
 from etcdlock.testing import EtcdCluster, FaultProxy
+from tests.test_lock import acquired
 from tests.waiting import wait_until
 
 TTL = 30  # far longer than the test: no loss may come from the lease
@@ -102,8 +103,8 @@ async def test_a_deletion_between_the_reread_and_the_new_watcher_still_wakes_the
 ) -> None:
     name = ns + "gap"
     async with Client(etcd_fresh.endpoints) as outside, Client([proxy.endpoint], timeout=2) as waiter_client:
-        holder = await outside.lock(name, ttl=TTL).acquire()
-        waiting = asyncio.ensure_future(waiter_client.lock(name, ttl=TTL, timeout=60).acquire())
+        holder = await acquired(outside.lock(name, ttl=TTL))
+        waiting = asyncio.ensure_future(acquired(waiter_client.lock(name, ttl=TTL, timeout=60)))
         try:
             await wait_until(
                 lambda: waiter_client.resources().watchers == 1, timeout=10, what="the waiter's watch"
@@ -188,9 +189,9 @@ async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_
         Client([proxy.endpoint], timeout=2) as waiter_client,
         outside.session(ttl=TTL) as session,
     ):
-        first = await outside.lock(name, session=session).acquire()
+        first = await acquired(outside.lock(name, session=session))
         first_key, first_token = first.key, first.token
-        waiting = asyncio.ensure_future(waiter_client.lock(name, ttl=TTL, timeout=20).acquire())
+        waiting = asyncio.ensure_future(acquired(waiter_client.lock(name, ttl=TTL, timeout=20)))
         try:
             await wait_until(lambda: waiter_client.resources().watchers == 1, timeout=10, what="the watch")
             await wait_until(
@@ -200,7 +201,7 @@ async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_
             )
             await restart_compacted(proxy, waiter_client, outside, ns)
             await first.release()  # deleted ...
-            again = asyncio.ensure_future(outside.lock(name, session=session, timeout=20).acquire())
+            again = asyncio.ensure_future(acquired(outside.lock(name, session=session, timeout=20)))
 
             async def created_again() -> bool:
                 r = await outside.get(first_key)

@@ -18,6 +18,7 @@ import pytest
 
 from etcdlock import Client, KeyValue, Lock
 from etcdlock.testing import find_etcdctl_binary
+from tests.test_lock import acquired
 from tests.waiting import wait_until
 
 # How long a waiter is watched to make sure it does NOT get the lock (a negative check needs a window).
@@ -115,7 +116,7 @@ async def wait_queue_len(client: Client, name: str, n: int, timeout: float = 5.0
 
 async def acquire_timed(lock: Lock) -> float:
     """Acquire and return the monotonic time the acquire completed."""
-    await lock.acquire()
+    await acquired(lock)
     return time.monotonic()
 
 
@@ -243,7 +244,7 @@ async def test_fifo_between_etcdctl_and_etcdlock_waiters(
 ) -> None:
     name = ns + "interop-c"
     async with Client(etcd_endpoints) as other:
-        holder = await client.lock(name, timeout=5).acquire()
+        holder = await acquired(client.lock(name, timeout=5))
         waiter = other.lock(name, timeout=30)
         task: asyncio.Task[float] | None = None
         try:

@@ -35,9 +35,10 @@ from etcdlock._core.types import (
     WatchEvent,
 )
 from etcdlock._core.watch import Watcher
-from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
+from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout, NotAcquiredError
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import Session
+from etcdlock._recipes.status import LockHolder, LockStatus
 from etcdlock._sync import SyncClient, SyncLock, SyncWatch
 
 __version__ = "0.1.0"
@@ -64,9 +65,12 @@ __all__ = [
     "LeaseTimeToLive",
     "Lock",
     "LockError",
+    "LockHolder",
     "LockLost",
+    "LockStatus",
     "LockTimeout",
     "Member",
+    "NotAcquiredError",
     "Op",
     "PermissionDeniedError",
     "PutResult",

@@ -6,6 +6,7 @@ from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics.debug_server import DebugServer
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import DEFAULT_TTL, Session
+from etcdlock._recipes.status import LockStatus, lock_status
 
 
 class Client(CoreClient):
@@ -20,21 +21,37 @@ class Client(CoreClient):
         session: Session | None = None,
         cancel_on_loss: bool = False,
     ) -> Lock:
-        """``async with client.lock("jobs/42", ttl=10, timeout=5) as held:`` — runs the body only while
-        holding the lock; raises LockTimeout after `timeout` seconds (None: wait forever).
+        """A lock on `name` (nothing is sent yet): ``async with client.lock("jobs/42", ttl=10, timeout=5)
+        as held:`` runs the body only while holding it, and raises LockTimeout after `timeout` seconds
+        (None: wait forever; 0: one attempt). ``await lock.acquire()`` returns False instead.
 
+        The Lock object can be acquired again after each release, and shared by tasks (they take turns).
         Without `session=` the lock's key goes on the client's default session for `ttl` (one lease
         shared by the client's locks, started on first use, revoked at close); pass `session=` to choose
-        the lease yourself.
+        the lease yourself. cancel_on_loss=True cancels the body's task when the lock is lost, and the
+        `async with` raises LockLost. Raises ConfigError for a bad name, ttl or timeout, or a session of
+        another client.
         """
         return Lock(self, name, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss)
 
     async def try_lock(
         self, name: str, *, ttl: int = DEFAULT_TTL, session: Session | None = None
     ) -> Lock | None:
-        """The lock if it is free right now, else None — without waiting and without leaving a key."""
+        """The lock, held, if it is free right now; else None, without waiting and without leaving a key.
+
+        ``if held := await client.try_lock(name): async with held: ...``: the first `async with` on the
+        result takes over this holding (it does not acquire again) and releases it on exit; or call
+        ``await held.release()``. Raises ConfigError for a bad name or ttl, AlreadyHeldError if the name
+        is held on the given session, EtcdError if etcd fails."""
         lock = Lock(self, name, ttl=ttl, session=session)
-        return lock if await lock.try_acquire() else None
+        return lock if await lock._try_lock() else None
+
+    async def lock_status(self, name: str, *, timeout: float | None = None) -> LockStatus:
+        """Who holds lock `name` and who waits for it, as etcd says now (keys of any client, of Go's
+        Mutex or `etcdctl lock` too): the holder (None if free) and the waiters in queue order, each with
+        its key, lease, the TTL left on that lease and its token (create revision). `timeout` bounds each
+        call to etcd. Raises ConfigError for a bad name, EtcdError if etcd fails."""
+        return await lock_status(self, name, timeout=timeout)
 
     async def serve_debug(self, port: int = 0, host: str = "127.0.0.1") -> DebugServer:
         """Start the debug HTTP endpoint (/metrics, /debug/memory, /debug/gc, /debug/tasks,

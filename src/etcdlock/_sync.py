@@ -38,6 +38,7 @@ from etcdlock._core.types import (
     WatchEvent,
 )
 from etcdlock._core.watch import Watcher
+from etcdlock._recipes.errors import LockTimeout
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import DEFAULT_TTL
 
@@ -320,7 +321,8 @@ class SyncLock:
         return self._client._call(self._lock.txn(compare, success, failure, timeout=timeout))
 
     def acquire(self) -> SyncLock:
-        self._client._call(self._lock.acquire())
+        if not self._client._call(self._lock.acquire()):
+            raise LockTimeout(f"lock {self.name!r} not acquired within its timeout; nothing was left behind")
         self._watch_loss()
         return self
 

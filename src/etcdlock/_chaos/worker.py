@@ -26,7 +26,7 @@ import etcdlock
 from etcdlock import Client
 from etcdlock._core.errors import EtcdError
 from etcdlock._core.txn import Op
-from etcdlock._recipes.errors import LockLost, LockTimeout
+from etcdlock._recipes.errors import LockLost
 from etcdlock._recipes.lock import Lock
 
 
@@ -125,9 +125,7 @@ async def hold_and_write(
     cfg: WorkerConfig, log: EventLog, client: Client, fence: FenceClient, name: str
 ) -> None:
     lock = client.lock(name, ttl=cfg.ttl, timeout=cfg.acquire_timeout)
-    try:
-        await lock.acquire()
-    except LockTimeout:
+    if not await lock.acquire():
         log.emit("timeout", name=name)
         return
     token, lease = lock.token, lock.lease

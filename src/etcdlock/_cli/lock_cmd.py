@@ -135,15 +135,18 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
 
 
 async def _acquire_unless_stopped(lock: Lock, stop: _StopSignals) -> Lock | None:
-    """The lock once acquired; None if a stop signal came first (the request withdrawn, no key left)."""
+    """The lock once acquired; None if a stop signal came first (the request withdrawn, no key left).
+    Raises LockTimeout after the lock's timeout."""
     acquire = asyncio.ensure_future(lock.acquire())
     await _first(asyncio.shield(acquire), stop.wait())
     if not stop.event.is_set():
-        return await acquire  # acquired, or its error (timeout, etcd down ...)
+        if not await acquire:  # or its error (etcd down ...)
+            raise LockTimeout(f"lock {lock.name!r} not acquired within --timeout; nothing was left behind")
+        return lock
     acquire.cancel()  # a cancelled acquire deletes its own key
     (outcome,) = await asyncio.gather(acquire, return_exceptions=True)
-    if isinstance(outcome, Lock):  # the grant and the signal crossed: give the lock straight back
-        await outcome.release()
+    if outcome is True:  # the grant and the signal crossed: give the lock straight back
+        await lock.release()
     return None
 
 

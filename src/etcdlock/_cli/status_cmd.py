@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,8 +12,17 @@ from typing import Any
 from etcdlock._cli.common import given_endpoints
 from etcdlock._client import Client
 from etcdlock._core.errors import ConfigError, EtcdError
+from etcdlock._recipes.status import LockHolder, LockStatus, lock_names
 
-_LOCK_KEY = re.compile(rb"^(?P<name>.+)/(?P<lease>[0-9a-f]+)$")
+EXIT_USAGE = 2  # as argparse: the command line asks for something this command will not do
+EXIT_ERROR = 5  # etcd unreachable, auth failed, bad input
+
+_DESCRIPTION = """Show each lock under PREFIX: its holder and its waiters in queue order (keys of any
+client: etcdlock, Go's concurrency.Mutex, etcdctl lock).
+
+Without PREFIX this would read every key in etcd, so it refuses unless --limit N is given: then it reads
+at most N keys (of any kind, in key order) and says so when it stopped before the end. With PREFIX it
+reads every key under PREFIX, or at most --limit N of them."""
 
 
 @dataclass
@@ -27,8 +35,20 @@ class Entry:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="show each lock's holder and waiters")
+    p = sub.add_parser(
+        "status",
+        help="show each lock's holder and waiters",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("prefix", nargs="?", default="", help="only locks whose name starts with this")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="read at most N keys (required without PREFIX: no whole-keyspace scan by default)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--endpoints", default=None, help="comma-separated host:port (default $ETCDCTL_ENDPOINTS)")
     p.add_argument("--user", default=None)
@@ -37,53 +57,54 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.prefix and args.limit is None:
+        print(
+            "etcdlock: no PREFIX given: refusing to scan the whole keyspace; give a PREFIX, or --limit N to "
+            "read at most N keys",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
-        locks = asyncio.run(collect(given_endpoints(args), args.prefix, args.user, args.password))
+        statuses, complete = asyncio.run(
+            collect(given_endpoints(args), args.prefix, args.limit, args.user, args.password)
+        )
     except (EtcdError, ConfigError) as err:
         print(f"etcdlock: {err}", file=sys.stderr)
-        return 5
+        return EXIT_ERROR
+    if not complete:
+        print(
+            f"etcdlock: stopped after {args.limit} keys under {args.prefix!r}; locks beyond them are not "
+            "shown (raise --limit or narrow PREFIX)",
+            file=sys.stderr,
+        )
+    locks = {s.name: entries(s) for s in statuses if s.holder is not None}
     if args.json:
-        print(json.dumps({name: [asdict(e) for e in entries] for name, entries in locks.items()}, indent=2))
+        print(json.dumps({name: [asdict(e) for e in es] for name, es in locks.items()}, indent=2))
         return 0
     if not locks:
         print(f"no locks under {args.prefix!r}")
-    for name, entries in locks.items():
-        print(f"{name}  ({len(entries) - 1} waiting)")
-        for e in entries:
+    for name, es in locks.items():
+        print(f"{name}  ({len(es) - 1} waiting)")
+        for e in es:
             ttl = "lease gone" if e.ttl_left < 0 else f"ttl {e.ttl_left}s"
             print(f"  {e.role:<6} {e.key}  lease {e.lease}  {ttl}  since revision {e.create_revision}")
     return 0
 
 
+def entries(status: LockStatus) -> list[Entry]:
+    def entry(h: LockHolder, role: str) -> Entry:
+        return Entry(h.key, f"{h.lease:x}", h.ttl_left, h.token, role)
+
+    holder = [entry(status.holder, "holder")] if status.holder is not None else []
+    return holder + [entry(w, "waiter") for w in status.waiters]
+
+
 async def collect(
-    endpoints: list[str], prefix: str, user: str | None, password: str | None
-) -> dict[str, list[Entry]]:
-    """Lock keys are NAME/<hex lease> on that lease; each name's queue is its keys in create order."""
+    endpoints: list[str], prefix: str, limit: int | None, user: str | None, password: str | None
+) -> tuple[list[LockStatus], bool]:
+    """Each lock's status (client.lock_status) for the lock names found under prefix, sorted by name; and
+    False if the scan stopped at `limit` keys before the end."""
     async with Client(endpoints, username=user, password=password) as client:
-        r = await client.get(prefix, prefix=True, keys_only=True, sort_order="ascend", sort_target="create")
-        queues: dict[str, list[Any]] = {}
-        for kv in r.kvs:
-            m = _LOCK_KEY.match(kv.key)
-            if m is None or kv.lease == 0 or int(m["lease"], 16) != kv.lease:
-                continue
-            queues.setdefault(m["name"].decode(errors="replace"), []).append(kv)
-        ttls = dict(
-            zip(
-                (kv.lease for q in queues.values() for kv in q),
-                await asyncio.gather(*(client.time_to_live(kv.lease) for q in queues.values() for kv in q)),
-                strict=True,
-            )
-        )
-    return {
-        name: [
-            Entry(
-                kv.key.decode(errors="replace"),
-                f"{kv.lease:x}",
-                ttls[kv.lease].ttl,
-                kv.create_revision,
-                "holder" if i == 0 else "waiter",
-            )
-            for i, kv in enumerate(q)
-        ]
-        for name, q in sorted(queues.items())
-    }
+        scan = await lock_names(client, prefix, limit=limit)
+        statuses = await asyncio.gather(*(client.lock_status(name) for name in scan.names))
+    return list(statuses), scan.complete

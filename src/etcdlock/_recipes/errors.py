@@ -20,3 +20,8 @@ class LockLost(LockError):
 
 class AlreadyHeldError(LockError, ConfigError):
     """This session already holds (or is acquiring) this lock name; locks are not reentrant."""
+
+
+class NotAcquiredError(LockError, RuntimeError):
+    """The Lock object holds nothing right now (never acquired, or released): there is no key, token or
+    lease to report. Not a loss: a lost lock keeps its key and token until it is released."""

@@ -81,6 +81,12 @@ def check_name(name: object) -> str:
     return name
 
 
+def is_lock_key(prefix: bytes, key: bytes) -> bool:
+    """Is `key` (under `prefix` = NAME/) a lock key of NAME: a direct child NAME/<hex>, what waiters wait
+    for? (Keys of names nested under NAME, NAME/sub/..., are not.)"""
+    return key.startswith(prefix) and _LOCK_KEY_SUFFIX.fullmatch(key[len(prefix) :]) is not None
+
+
 def check_lock_timeout(timeout: object) -> None:
     if timeout is None:
         return
@@ -406,7 +412,7 @@ class Mutex:
         return {kv.key: kv.create_revision for kv in kvs if self._is_lock_key(kv.key)}
 
     def _is_lock_key(self, key: bytes) -> bool:
-        return _LOCK_KEY_SUFFIX.fullmatch(key[len(self.prefix) :]) is not None
+        return is_lock_key(self.prefix, key)
 
     # ---- loss ----
 
@@ -519,4 +525,4 @@ class Mutex:
         return f"<Mutex {self.name!r} key={self.key.decode()} token={self.token} {state}>"
 
 
-__all__ = ["Mutex", "check_name"]
+__all__ = ["Mutex", "check_name", "is_lock_key"]
