@@ -267,7 +267,7 @@ async def test_try_lock_result_in_async_with_is_released_on_exit(client: Client,
     if not held:
         pytest.fail("try_lock of a free name gave None")
     token, key = held.token, held.key
-    async with held as h:
+    async with asyncio.timeout(5), held as h:
         # The same acquisition, taken over: not a second acquire (that would wait for the first).
         assert h is held and held.held
         assert held.token == token and await keys_under(client, ns) == {key: token}
