@@ -38,7 +38,7 @@ from etcdlock._core.watch import Watcher
 from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import Session
-from etcdlock._sync import SyncClient, SyncLock, SyncWatch
+from etcdlock._sync import SyncClient, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
 
 __version__ = "0.1.0"
 
@@ -75,7 +75,9 @@ __all__ = [
     "Session",
     "Status",
     "SyncClient",
+    "SyncKeepAlive",
     "SyncLock",
+    "SyncSession",
     "SyncWatch",
     "TLSConfig",
     "TTLBelowMinimumError",
