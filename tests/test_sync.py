@@ -446,7 +446,7 @@ def test_sync_lock_shared_by_threads_excludes_and_both_finish(
                         most_inside = max(most_inside, len(inside))
                     # Work on etcd while holding: a second holder would come in meanwhile, if it could.
                     assert held.txn([], [Op.put(ns + "data", f"{tag}{i}")]).succeeded
-                    assert sync_client.get(name, prefix=True).count == 1
+                    held.ensure_held()
                     with guard:
                         inside.remove(tag)
             finished[tag] = rounds
@@ -495,7 +495,7 @@ def test_acquire_timeout_false_leaves_nothing(
             lock.token  # noqa: B018 - the property raises
         assert sync_client.get(name, prefix=True).count == 1, "a waiter that gave up left its key"
         wait_until_sync(
-            lambda: set(sync_client.leases()) == base_leases | {holder.lease}, what="no lease left behind"
+            lambda: set(sync_client.leases()) - base_leases == {holder.lease}, what="no lease left behind"
         )
         holder.release()
 

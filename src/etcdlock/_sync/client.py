@@ -37,7 +37,7 @@ from etcdlock._core.types import (
 )
 from etcdlock._core.watch import DEFAULT_MAX_BUFFER, Watcher
 from etcdlock._recipes.lock import Lock
-from etcdlock._recipes.session import DEFAULT_TTL, Session
+from etcdlock._recipes.session import DEFAULT_TTL
 from etcdlock._sync.debug import SyncDebugServer
 from etcdlock._sync.keepalive import SyncKeepAlive
 from etcdlock._sync.lock import SyncLock
@@ -292,7 +292,8 @@ class SyncClient:
 
     def session(self, ttl: int = DEFAULT_TTL) -> SyncSession:
         """``with client.session(ttl) as s:`` — one lease that several locks can share."""
-        return SyncSession(self, self._portal, Session(self._client, ttl))
+        # A session not started yet holds nothing of the loop's: made here, started by `with` or start().
+        return SyncSession(self, self._portal, self._client.session(ttl))
 
     # ---- diagnostics ----
 

@@ -94,7 +94,7 @@ class SyncLock:
 
     @property
     def lost(self) -> threading.Event:
-        """Set when the current hold is lost (a fresh event for every acquisition)."""
+        """Set when the current hold is lost (a fresh event for every hold), after on_lost has run."""
         return self._held_lock().lost
 
     @property
@@ -190,9 +190,12 @@ class SyncLock:
         return current
 
     def _fire_lost(self, current: _Acquisition, reason: str) -> None:  # on the loop thread
-        current.lost.set()
-        if self._on_lost is not None:
-            self._on_lost(reason)
+        # on_lost first: a thread woken by `lost` finds it has run.
+        try:
+            if self._on_lost is not None:
+                self._on_lost(reason)
+        finally:
+            current.lost.set()
 
     def release(self) -> None:
         """Release the lock (idempotent; from any thread, as threading.Lock). The key is deleted shielded,
