@@ -39,7 +39,7 @@ from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, Lock
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import Session
 from etcdlock._recipes.status import LockHolder, LockStatus
-from etcdlock._sync import SyncClient, SyncLock, SyncWatch
+from etcdlock._sync import SyncClient, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
 
 __version__ = "0.1.0"
 
@@ -79,7 +79,9 @@ __all__ = [
     "Session",
     "Status",
     "SyncClient",
+    "SyncKeepAlive",
     "SyncLock",
+    "SyncSession",
     "SyncWatch",
     "TLSConfig",
     "TTLBelowMinimumError",
