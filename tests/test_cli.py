@@ -162,6 +162,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     r = run_cli("lock", "x", "--", "true", endpoints=["127.0.0.1:1"], timeout=30)
     assert r.returncode == EXIT_ERROR
     assert "127.0.0.1:1" in r.stderr
+    assert "TLS" not in r.stderr  # nothing listens there: no hint about TLS
 
 
 def test_demo_runs_against_a_given_etcd(etcd_endpoints: list[str]) -> None:

@@ -66,8 +66,9 @@ def test_endpoints_flag_wins_over_both_variables() -> None:
 
 
 def test_endpoints_naming_none_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"--endpoints names no endpoint"):
-        resolve("--endpoints", " , ")
+    for given in (" , ", ""):
+        with pytest.raises(ConfigError, match=r"--endpoints names no endpoint"):
+            resolve("--endpoints", given)
 
 
 def test_local_etcd_commands_ignore_the_environment_without_endpoints() -> None:
@@ -79,7 +80,7 @@ def test_local_etcd_commands_ignore_the_environment_without_endpoints() -> None:
 
 
 def test_local_etcd_commands_refuse_tls_or_auth_flags_without_endpoints() -> None:
-    with pytest.raises(ConfigError, match=r"--cacert, --user given without --endpoints"):
+    with pytest.raises(ConfigError, match=r"--cacert, --user: only for a cluster given with --endpoints"):
         resolve("--cacert", "ca.pem", "--user", "root:pw", local=True)
 
 

@@ -99,8 +99,17 @@ def test_without_cacert_the_error_says_the_certificate_was_not_verified(
     r = run_cli("lock", ns + "job", *client_cert, "--", "true", endpoints=tls_etcd.endpoints)
     assert r.returncode == EXIT_ERROR
     assert time.monotonic() - t0 < 20
-    for part in ("could not be verified (wrong CA?)", "no --cacert", tls_etcd.endpoints[0]):
+    for part in ("could not be verified (wrong CA?)", "no --cacert given", tls_etcd.endpoints[0]):
         assert part in r.stderr, r.stderr
+    assert tls_client.get(ns, prefix=True).count == 0
+
+
+def test_without_a_client_certificate_the_error_says_so(
+    tls_etcd: EtcdCluster, certs: CertificateSet, tls_client: SyncClient, ns: str
+) -> None:
+    r = run_cli("lock", ns + "job", "--cacert", certs.ca_file, "--", "true", endpoints=tls_etcd.endpoints)
+    assert r.returncode == EXIT_ERROR
+    assert "no --cert/--key given: give them if etcd asks for a client certificate" in r.stderr, r.stderr
     assert tls_client.get(ns, prefix=True).count == 0
 
 
@@ -122,7 +131,7 @@ def test_demo_over_tls(tls_etcd: EtcdCluster, certs: CertificateSet) -> None:
 def test_demo_refuses_tls_options_for_its_throwaway_etcd(certs: CertificateSet) -> None:
     r = run_cli("demo", *tls_flags(certs), endpoints=None)
     assert r.returncode == EXIT_ERROR
-    assert "--cacert, --cert, --key given without --endpoints" in r.stderr
+    assert "--cacert, --cert, --key: only for a cluster given with --endpoints" in r.stderr
     assert "started a throwaway etcd" not in r.stdout
 
 

@@ -51,7 +51,7 @@ def add_connection_options(p: argparse.ArgumentParser, *, local_etcd: bool = Fal
             "that these writes never go to a cluster by accident"
         )
     else:
-        where = f"$ETCDCTL_ENDPOINTS or $ETCDLOCK_ENDPOINTS; default {DEFAULT_ENDPOINT}"
+        where = f"$ETCDLOCK_ENDPOINTS, else $ETCDCTL_ENDPOINTS; default {DEFAULT_ENDPOINT}"
     g.add_argument(
         "--endpoints",
         metavar="LIST",
@@ -149,8 +149,8 @@ def connection_from(
         flags = [_flag(d) for d in _ENV if d != "endpoints" and getattr(args, d) is not None]
         if flags:
             raise ConfigError(
-                f"{', '.join(flags)} given without --endpoints: the throwaway local etcd started then "
-                "uses neither TLS nor auth"
+                f"{', '.join(flags)}: only for a cluster given with --endpoints (without it, a throwaway "
+                "local etcd with neither TLS nor auth is started)"
             )
         return Connection(None)
     if prompt == "terminal":
@@ -166,7 +166,10 @@ def given_endpoints(args: argparse.Namespace) -> list[str]:
 
 
 def _endpoints(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
-    setting = _setting(args, "endpoints", environ) or _Setting(DEFAULT_ENDPOINT, "default")
+    if args.endpoints is not None:  # even empty: a list naming no endpoint is a mistake, not "the default"
+        setting = _Setting(args.endpoints, "--endpoints")
+    else:
+        setting = _setting(args, "endpoints", environ) or _Setting(DEFAULT_ENDPOINT, "default")
     endpoints = [e.strip() for e in setting.value.split(",") if e.strip()]
     if not endpoints:
         raise ConfigError(f"{setting.source} names no endpoint: {setting.value!r}")
@@ -221,20 +224,28 @@ def _credentials(
 
 
 def error_text(err: Exception, conn: Connection | None) -> str:
-    """err's message, with what to try when the options given explain it."""
+    """err's message, and what to try when an option not given may explain it."""
+    hint = _hint(err, conn) if conn is not None else None
+    return f"{err}\n  ({hint})" if hint else str(err)
+
+
+def _hint(err: Exception, conn: Connection) -> str | None:
     text = str(err)
-    if conn is None:
-        return text
-    if isinstance(err, ConnectionFailedError) and conn.plain_text:
-        text += (
-            "\n  (connected in plain text: if etcd serves TLS, give --cacert FILE, and --cert/--key if it "
-            "asks for a client certificate)"
-        )
-    elif isinstance(err, ConnectionFailedError) and conn.tls is not None and conn.tls.ca_file is None:
-        text += "\n  (no --cacert: the server's certificate was checked against the system's CAs)"
-    elif isinstance(err, AuthError) and conn.username is None:
-        text += "\n  (give --user USER[:PASSWORD], or set ETCDCTL_USER)"
-    return text
+    if isinstance(err, AuthError):
+        return "give --user USER[:PASSWORD], or set ETCDCTL_USER" if conn.username is None else None
+    if not isinstance(err, ConnectionFailedError):
+        return None
+    if conn.plain_text:
+        # A TLS server drops a plain-text client without saying why ("Socket closed").
+        if "Connection refused" in text:
+            return None
+        return "connected in plain text: if etcd serves TLS, give --cacert FILE (and --cert/--key)"
+    tls = conn.tls or TLSConfig()  # https:// endpoints alone: TLS with no files
+    if tls.ca_file is None and "could not be verified" in text:
+        return "no --cacert given: the server's certificate was checked against the system's CAs"
+    if tls.cert_file is None and "client certificate" in text:
+        return "no --cert/--key given: give them if etcd asks for a client certificate"
+    return None
 
 
 def report_error(err: Exception, conn: Connection | None) -> int:
