@@ -18,17 +18,37 @@ from tests.waiting import wait_until_sync
 
 CLI = [sys.executable, "-m", "etcdlock._cli.main"]
 
+# Variables etcdlock reads; a test's subprocess sees only the ones the test sets, never the developer's.
+_CONNECTION_ENV = ("ETCDLOCK_ENDPOINTS", "ETCDCTL_")
 
-def run_cli(*args: str, endpoints: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ETCDCTL_ENDPOINTS": ",".join(endpoints)}
+
+def cli_env(endpoints: list[str] | None = None, **extra: str) -> dict[str, str]:
+    """os.environ without any ETCDCTL_* or ETCDLOCK_ENDPOINTS, plus ETCDCTL_ENDPOINTS and extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CONNECTION_ENV)}
+    if endpoints is not None:
+        env["ETCDCTL_ENDPOINTS"] = ",".join(endpoints)
+    return {**env, **extra}
+
+
+def run_cli(
+    *args: str, endpoints: list[str] | None, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run etcdlock to the end (stdin not a terminal); env: default cli_env(endpoints)."""
     return subprocess.run(
-        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *args],
+        env=cli_env(endpoints) if env is None else env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 def spawn_cli(*args: str, endpoints: list[str]) -> subprocess.Popen[str]:
-    env = {**os.environ, "ETCDCTL_ENDPOINTS": ",".join(endpoints)}
-    return subprocess.Popen([*CLI, *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*CLI, *args], env=cli_env(endpoints), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def finish(proc: subprocess.Popen[str]) -> None:
@@ -142,6 +162,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     r = run_cli("lock", "x", "--", "true", endpoints=["127.0.0.1:1"], timeout=30)
     assert r.returncode == EXIT_ERROR
     assert "127.0.0.1:1" in r.stderr
+    assert "TLS" not in r.stderr  # nothing listens there: no hint about TLS
 
 
 def test_demo_runs_against_a_given_etcd(etcd_endpoints: list[str]) -> None:

@@ -7,23 +7,56 @@ import argparse
 import asyncio
 from typing import Any
 
-from etcdlock import Client, Compare, Op
-from etcdlock._cli.common import add_endpoint_options, endpoints_or_local
+from etcdlock import Compare, Op
+from etcdlock._cli.common import (
+    EXIT_ERROR,
+    Connection,
+    add_connection_options,
+    connection_from,
+    endpoints_or_local,
+    report_error,
+)
+from etcdlock._core.errors import ConfigError, EtcdError
+
+DESCRIPTION = """\
+A short tour of etcdlock against etcd: a put and a get, a create-if-absent
+transaction, a watch, and a lease kept alive on the client's shared stream.
+It ends showing the client's resource counts back at zero once it closes.
+
+It writes keys under demo/, and deletes everything under demo/ when done."""
+
+EPILOG = f"""exit status:
+  0  the tour ran and the client closed holding nothing
+  1  the client still held resources after closing
+  {EXIT_ERROR}  error: etcd unreachable, auth failed, bad input"""
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="a short tour of etcdlock against a (local) etcd")
-    add_endpoint_options(p)
+    p = sub.add_parser(
+        "demo",
+        help="a short tour of etcdlock against a (throwaway, by default) etcd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_options(p, local_etcd=True)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with endpoints_or_local(args) as endpoints:
-        return asyncio.run(_demo(endpoints, args.user, args.password))
+    try:
+        conn = connection_from(args, local_etcd=True)
+    except ConfigError as e:
+        return report_error(e, None)
+    try:
+        with endpoints_or_local(conn) as endpoints:
+            return asyncio.run(_demo(conn, endpoints))
+    except (EtcdError, ConfigError) as e:
+        return report_error(e, conn)
 
 
-async def _demo(endpoints: list[str], user: str | None, password: str | None) -> int:
-    async with Client(endpoints, username=user, password=password) as client:
+async def _demo(conn: Connection, endpoints: list[str]) -> int:
+    async with conn.client(endpoints) as client:
         status = await client.status()
         print(f"connected to etcd {status.version} at {status.endpoint}")
         await client.put("demo/greeting", "hello")

@@ -11,7 +11,13 @@ from etcdlock.testing import EtcdCluster
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("etcd", help="start a local etcd on loopback until Ctrl-C")
+    p = sub.add_parser(
+        "etcd",
+        help="start a local etcd on loopback until Ctrl-C",
+        description="Start a local etcd of 1 or 3 members on loopback, with free ports and a temporary "
+        "data directory, and keep it until Ctrl-C (or SIGTERM); its data is deleted when it stops. "
+        "It prints each member's endpoint and an ETCDCTL_ENDPOINTS=... line for etcdctl and etcdlock.",
+    )
     p.add_argument("--members", type=int, choices=(1, 3), default=1, help="cluster size (default 1)")
     p.set_defaults(run=run)
 

@@ -1,19 +1,5 @@
-"""`etcdlock lock NAME [-- CMD ...]`: hold a lock (interoperable with `etcdctl lock`) or run a command.
-
-Without a command it prints the lock key and holds the lock until SIGINT, SIGTERM, SIGHUP or SIGQUIT
-(exit 0). With a command it runs it holding the lock, with ETCD_LOCK_KEY and ETCD_LOCK_REV in its
-environment (as etcdctl sets them). The command never outlives the lock:
-
-* It runs in a session and process group of its own (so it has no controlling terminal: Ctrl-C reaches
-  etcdlock, which stops it). When the lock is lost or etcdlock gets SIGINT/SIGTERM/SIGHUP/SIGQUIT, the
-  whole group gets SIGTERM, then SIGKILL after --kill-after seconds; the lock is released only once no
-  process of the group runs. Whatever the command leaves running in its group when it exits is ended the
-  same way.
-* On Linux it gets a parent-death signal (SIGKILL): if etcdlock itself is SIGKILLed, the command dies at
-  once. Its own children cannot be reached then; the lock's key stays until its lease TTL ends.
-
-A stop signal while still waiting for the lock withdraws the request: no key is left behind.
-"""
+"""`etcdlock lock NAME [-- CMD [ARGS...]]`: hold a lock (interoperable with `etcdctl lock`) or run a
+command holding it, which never outlives the lock. DESCRIPTION, the help text, tells the user how."""
 
 from __future__ import annotations
 
@@ -25,8 +11,13 @@ import sys
 from collections.abc import Awaitable
 from typing import Any
 
-from etcdlock._cli.common import given_endpoints
-from etcdlock._client import Client
+from etcdlock._cli.common import EXIT_ERROR as EXIT_ERROR  # one of lock's exit statuses, shared by all
+from etcdlock._cli.common import (
+    Connection,
+    add_connection_options,
+    connection_from,
+    report_error,
+)
 from etcdlock._core.errors import ConfigError, EtcdError
 from etcdlock._procutil import die_with_parent_preexec, group_running, signal_group
 from etcdlock._recipes.errors import LockLost, LockTimeout
@@ -34,15 +25,39 @@ from etcdlock._recipes.lock import Lock
 
 EXIT_TIMEOUT = 3  # the lock was not acquired within --timeout
 EXIT_LOST = 4  # the lock was lost while held (the command, if any, was terminated)
-EXIT_ERROR = 5  # etcd unreachable, auth failed, bad input ...
 EXIT_CANNOT_RUN = 127  # the command could not be started (as a shell reports a command not found)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
+DESCRIPTION = """\
+Hold the lock NAME, or run a command holding it. The lock is the one
+`etcdctl lock NAME` takes: both queue on the same keys and exclude each other.
+
+Without a command, etcdlock prints the lock's key once it holds the lock and
+holds it until SIGINT, SIGTERM, SIGHUP or SIGQUIT (then exits 0). With a
+command after --, it runs the command holding the lock, with ETCD_LOCK_KEY
+and ETCD_LOCK_REV in its environment (as etcdctl sets them), and exits with
+the command's status.
+
+The command never outlives the lock:
+  * It runs in a session and process group of its own, without a controlling
+    terminal: Ctrl-C reaches etcdlock, which stops it. When the lock is lost,
+    or etcdlock gets one of those signals, the whole group gets SIGTERM, then
+    SIGKILL after --kill-after seconds, and the lock is released only once no
+    process of the group runs. Whatever the command leaves running in its
+    group when it exits is ended the same way.
+  * On Linux it dies at once if etcdlock is killed with SIGKILL (its own
+    children cannot be reached then: the lock's key stays until the lease's
+    TTL runs out).
+A signal while still waiting for the lock withdraws the request: no key is
+left behind.
+"""
+
 _EXIT_STATUS_HELP = f"""exit status:
   N      the command's own; 128+N if signal N killed it
   128+N  etcdlock got stop signal N while waiting or running the command
-         (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT); 0 when holding without a command
+         (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT); 0 when holding
+         without a command
   {EXIT_TIMEOUT}      the lock was not acquired within --timeout
   {EXIT_LOST}      the lock was lost (the command was terminated)
   {EXIT_ERROR}      error: etcd unreachable, auth failed, bad input
@@ -57,32 +72,43 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "lock",
         help="hold a lock, or run a command holding it",
-        description=__doc__,
+        usage="%(prog)s [options] NAME [-- CMD [ARGS...]]",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EXIT_STATUS_HELP,
     )
-    p.add_argument("name", help="lock name (the same name etcdctl lock uses)")
-    p.add_argument("--ttl", type=int, default=10, help="session lease TTL in seconds (default 10)")
+    p.add_argument("name", metavar="NAME", help="lock name (the name etcdctl lock takes)")
     p.add_argument(
-        "--timeout", type=float, default=None, help="give up after this many seconds (default: wait)"
+        "--ttl",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="lease TTL in seconds: how long the lock outlives an etcdlock that vanished (default 10)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up (exit 3) when the lock is not acquired within this time (default: wait)",
     )
     p.add_argument(
         "--kill-after",
         type=float,
         default=5.0,
+        metavar="SECONDS",
         help="SIGKILL the command's process group this long after SIGTERM (default 5)",
     )
-    p.add_argument("--endpoints", default=None, help="comma-separated host:port (default $ETCDCTL_ENDPOINTS)")
-    p.add_argument("--user", default=None)
-    p.add_argument("--password", default=None)
+    add_connection_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_run(args, args.command))
-    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place: nothing held yet
-        return 128 + signal.SIGINT
+        conn = connection_from(args)  # may ask for a password: before any signal handler is set
+    except ConfigError as e:
+        return report_error(e, None)
+    return asyncio.run(_run(args, conn, args.command))
 
 
 class _StopSignals:
@@ -108,11 +134,11 @@ class _StopSignals:
         return 128 + (self.signum if self.signum is not None else signal.SIGTERM)
 
 
-async def _run(args: argparse.Namespace, command: list[str]) -> int:
+async def _run(args: argparse.Namespace, conn: Connection, command: list[str]) -> int:
     # Before connecting: from here on no stop signal can kill etcdlock behind the lock's back.
     stop = _StopSignals(asyncio.get_running_loop())
     try:
-        async with Client(given_endpoints(args), username=args.user, password=args.password) as client:
+        async with conn.client() as client:
             lock = client.lock(args.name, ttl=args.ttl, timeout=args.timeout)
             held = await _acquire_unless_stopped(lock, stop)
             if held is None:
@@ -130,8 +156,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
         print(f"etcdlock: {e}", file=sys.stderr)
         return EXIT_LOST
     except (EtcdError, ConfigError) as e:
-        print(f"etcdlock: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_error(e, conn)
 
 
 async def _acquire_unless_stopped(lock: Lock, stop: _StopSignals) -> Lock | None:

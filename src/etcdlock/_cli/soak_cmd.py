@@ -1,8 +1,6 @@
 """`etcdlock soak`: replay the workload that leaked (K names, a tick a second, try-lock with a deadline,
-hold, unlock) and show that nothing grows: live view, verdict, JSON report, PNG chart.
-
-Exit status 0 when flat, 1 when it leaks (the report lists the allocation sites that grew), 5 on error.
-"""
+hold, unlock) and show that nothing grows: live view, verdict, JSON report, PNG chart. The live view (rich)
+and the chart (matplotlib) are the [soak] extra; without them the soak prints plain lines and no chart."""
 
 from __future__ import annotations
 
@@ -12,44 +10,112 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etcdlock._cli.common import add_endpoint_options, endpoints_or_local
-from etcdlock._client import Client
+from etcdlock._cli.common import (
+    EXIT_ERROR,
+    Connection,
+    add_connection_options,
+    connection_from,
+    endpoints_or_local,
+    report_error,
+)
+from etcdlock._core.connection import parse_endpoint
 from etcdlock._core.errors import ConfigError, EtcdError
 from etcdlock._diagnostics.soak import MB, Sample, Soak, SoakConfig, Verdict, chart
 
 _LOCAL_ETCD = ("--auto-compaction-mode=periodic", "--auto-compaction-retention=1m")
+EXIT_LEAK = 1
+
+DESCRIPTION = """\
+Run a lock workload against etcd and show that the client's memory and
+resources stay flat.
+
+K lock names; every tick each name tries to lock with a deadline, holds the
+lock and unlocks (--no-tick: back to back, as fast as etcd allows). Every
+--sample-every seconds it records RSS, the traced Python heap, tasks,
+threads, file descriptors, the client's watch streams, watchers and
+kept-alive leases, and etcd's own watch and lease counts. It shows them live,
+then judges the run after a warm-up: the RSS growth fitted over the cycles
+must stay under --max-growth-mb, and no count may end above its steady
+state. It writes report.json and chart.png to --out. Its keys are under
+etcdlock-soak/.
+
+The live view needs rich, the chart matplotlib: pip install 'etcdlock[soak]'.
+Without them it prints plain lines and no chart."""
+
+EPILOG = f"""exit status:
+  0  flat: nothing grew after the warm-up
+  {EXIT_LEAK}  leak: something grew (the report lists the allocation sites that grew)
+  {EXIT_ERROR}  error: etcd unreachable, auth failed, bad input"""
+_INSTALL_EXTRA = "pip install 'etcdlock[soak]'"
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "soak",
-        help="replay the leaking workload and show memory and resources stay flat",
-        description=__doc__,
+        help="run a lock workload and show that memory and resources stay flat",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_endpoint_options(p)
-    p.add_argument("--keys", type=int, default=10, help="lock names (default 10)")
-    p.add_argument("--hold", type=float, default=1.0, help="seconds each lock is held (default 1)")
-    tick = p.add_mutually_exclusive_group()
-    tick.add_argument("--rate", type=float, default=1.0, help="ticks per second (default 1)")
-    tick.add_argument("--no-tick", action="store_true", help="no tick: cycles back to back (accelerated)")
-    p.add_argument("--timeout", type=float, default=1.0, help="try-lock deadline in seconds (default 1)")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, default=None, help="seconds to run (default 60)")
-    stop.add_argument("--cycles", type=int, default=None, help="lock cycles to run")
-    p.add_argument("--concurrency", type=int, default=1, help="workers per name with --no-tick (default 1)")
-    p.add_argument("--ttl", type=int, default=10, help="lease TTL of each lock (default 10)")
-    p.add_argument("--sample-every", type=float, default=1.0, help="seconds between samples (default 1)")
-    p.add_argument("--max-growth-mb", type=float, default=2.0, help="RSS growth allowed after warm-up (MB)")
+    p.add_argument("--keys", metavar="N", type=int, default=10, help="lock names (default 10)")
     p.add_argument(
-        "--out", type=Path, default=Path("soak-out"), help="directory for report.json and chart.png"
+        "--hold", metavar="SECONDS", type=float, default=1.0, help="seconds each lock is held (default 1)"
+    )
+    tick = p.add_mutually_exclusive_group()
+    tick.add_argument("--rate", metavar="N", type=float, default=1.0, help="ticks per second (default 1)")
+    tick.add_argument("--no-tick", action="store_true", help="no tick: cycles back to back (accelerated)")
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="try-lock deadline in seconds (default 1)",
+    )
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--duration", metavar="SECONDS", type=float, default=None, help="seconds to run (default 60)"
+    )
+    stop.add_argument("--cycles", metavar="N", type=int, default=None, help="lock cycles to run")
+    p.add_argument(
+        "--concurrency", metavar="N", type=int, default=1, help="workers per name with --no-tick (default 1)"
+    )
+    p.add_argument(
+        "--ttl", metavar="SECONDS", type=int, default=10, help="lease TTL of each lock (default 10)"
+    )
+    p.add_argument(
+        "--sample-every",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="seconds between samples (default 1)",
+    )
+    p.add_argument(
+        "--max-growth-mb",
+        metavar="MB",
+        type=float,
+        default=2.0,
+        help="RSS growth allowed after warm-up (default 2)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("soak-out"),
+        help="directory for report.json and chart.png (default soak-out)",
     )
     p.add_argument("--no-trace", action="store_true", help="do not run tracemalloc (less overhead)")
     p.add_argument("--no-live", action="store_true", help="plain progress lines instead of the live view")
-    p.add_argument("--debug-addr", default=None, help="also serve the debug endpoint on HOST:PORT")
+    p.add_argument(
+        "--debug-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the debug endpoint (/metrics, /debug/memory, ...) on HOST:PORT",
+    )
+    add_connection_options(p, local_etcd=True)
     p.set_defaults(run=run)
 
 
@@ -69,16 +135,26 @@ def run(args: argparse.Namespace) -> int:
         trace=not args.no_trace,
     )
     try:
+        conn = connection_from(args, local_etcd=True)
+    except ConfigError as e:
+        return report_error(e, None)
+    try:
         # A long soak writes millions of revisions; like any production etcd, the throwaway one compacts.
-        with endpoints_or_local(args, etcd_args=_LOCAL_ETCD) as endpoints:
-            return asyncio.run(_soak(args, config, endpoints))
+        with endpoints_or_local(conn, etcd_args=_LOCAL_ETCD) as endpoints:
+            return asyncio.run(_soak(args, config, conn, endpoints))
     except (EtcdError, ConfigError) as e:
-        print(f"etcdlock: {e}", file=sys.stderr)
-        return 5
+        return report_error(e, conn)
 
 
-async def _soak(args: argparse.Namespace, config: SoakConfig, endpoints: list[str]) -> int:
-    async with Client(endpoints, username=args.user, password=args.password) as client:
+def _metrics_url(endpoint: str, conn: Connection) -> str | None:
+    """Where etcd's Prometheus metrics are, for its own watch and lease counts; None over TLS, whose
+    metrics the soak does not read (those counts then show as -1)."""
+    host_port, https = parse_endpoint(endpoint)
+    return None if https or conn.tls is not None else f"http://{host_port}/metrics"
+
+
+async def _soak(args: argparse.Namespace, config: SoakConfig, conn: Connection, endpoints: list[str]) -> int:
+    async with conn.client(endpoints) as client:
         if args.debug_addr:
             host, _, port = args.debug_addr.rpartition(":")
             server = await client.serve_debug(int(port), host or "127.0.0.1")
@@ -86,7 +162,7 @@ async def _soak(args: argparse.Namespace, config: SoakConfig, endpoints: list[st
                 f"debug endpoint: {server.url}/metrics /debug/memory /debug/gc /debug/tasks /debug/resources"
             )
         status = await client.status()
-        soak = Soak(client, config, f"http://{endpoints[0]}/metrics")
+        soak = Soak(client, config, _metrics_url(endpoints[0], conn))
         verdict = await _run_with_view(soak, args.no_live or not sys.stdout.isatty())
         environment = {
             "etcd": status.version,
@@ -101,9 +177,21 @@ async def _soak(args: argparse.Namespace, config: SoakConfig, endpoints: list[st
         f"etcdlock soak: {config.keys} names, hold {config.hold:g}s, {mode}; "
         f"{soak.cycles} cycles — {'LEAK' if verdict.leak else 'flat'}"
     )
-    chart(soak.samples, str(args.out / "chart.png"), title)
-    _print_verdict(soak, verdict, args.out)
-    return 1 if verdict.leak else 0
+    chart_file = _write_chart(soak.samples, args.out / "chart.png", title)
+    _print_verdict(soak, verdict, args.out, chart_file)
+    return EXIT_LEAK if verdict.leak else 0
+
+
+def _write_chart(samples: list[Sample], path: Path, title: str) -> Path | None:
+    """Draw the chart to path; None (and a note) when matplotlib is missing. A chart from an earlier run
+    never stays beside this run's report."""
+    path.unlink(missing_ok=True)
+    try:
+        chart(samples, str(path), title)
+    except ImportError as e:
+        print(f"etcdlock: no chart: cannot import matplotlib ({e}); {_INSTALL_EXTRA}", file=sys.stderr)
+        return None
+    return path
 
 
 def _row(s: Sample, rate: float) -> dict[str, str]:
@@ -131,15 +219,23 @@ async def _run_with_view(soak: Soak, plain: bool) -> Verdict:
         last.append(s)
         return r
 
-    if plain:
+    if not plain and (verdict := await _run_live(soak, rate)) is not None:
+        return verdict
 
-        def show(s: Sample) -> None:
-            print("  ".join(f"{k} {v}" for k, v in _row(s, rate(s)).items()), flush=True)
+    def show(s: Sample) -> None:
+        print("  ".join(f"{k} {v}" for k, v in _row(s, rate(s)).items()), flush=True)
 
-        return await soak.run(show)
+    return await soak.run(show)
 
-    from rich.live import Live
-    from rich.table import Table
+
+async def _run_live(soak: Soak, rate: Callable[[Sample], float]) -> Verdict | None:
+    """The soak with a live table; None, having run nothing, when rich cannot be imported."""
+    try:
+        from rich.live import Live
+        from rich.table import Table
+    except ImportError as e:
+        print(f"etcdlock: no live view: cannot import rich ({e}); {_INSTALL_EXTRA}", file=sys.stderr)
+        return None
 
     def table(s: Sample | None) -> Table:
         t = Table(title="etcdlock soak", show_header=True)
@@ -167,7 +263,7 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(_BARS[min(8, round(8 * v / top))] for v in points)
 
 
-def _print_verdict(soak: Soak, verdict: Verdict, out: Path) -> None:
+def _print_verdict(soak: Soak, verdict: Verdict, out: Path, chart_file: Path | None) -> None:
     print(f"\n{soak.cycles} cycles ({soak.acquired} acquired, {soak.timeouts} timed out)")
     running = soak.samples[:-1] or soak.samples  # the last sample is taken after the workload stopped
     for label, values in (
@@ -195,4 +291,5 @@ def _print_verdict(soak: Soak, verdict: Verdict, out: Path) -> None:
             print(f"  {size:>+10} B {count:>+7} blocks  {where}")
     else:
         print("VERDICT: flat — no growth after warm-up")
-    print(f"report: {out / 'report.json'}   chart: {out / 'chart.png'}")
+    shown = chart_file if chart_file is not None else f"none (matplotlib missing: {_INSTALL_EXTRA})"
+    print(f"report: {out / 'report.json'}   chart: {shown}")
