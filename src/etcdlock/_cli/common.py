@@ -159,12 +159,6 @@ def connection_from(
     return Connection(_endpoints(args, env), username, password, _tls(args, env))
 
 
-def given_endpoints(args: argparse.Namespace) -> list[str]:
-    """The endpoints alone: --endpoints, else $ETCDLOCK_ENDPOINTS, else $ETCDCTL_ENDPOINTS, else etcdctl's
-    default. Raises ConfigError when the list names none."""
-    return _endpoints(args, os.environ)
-
-
 def _endpoints(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
     if args.endpoints is not None:  # even empty: a list naming no endpoint is a mistake, not "the default"
         setting = _Setting(args.endpoints, "--endpoints")

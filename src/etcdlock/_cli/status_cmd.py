@@ -9,13 +9,16 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from etcdlock._cli.common import given_endpoints
-from etcdlock._client import Client
+from etcdlock._cli.common import (
+    Connection,
+    add_connection_options,
+    connection_from,
+    report_error,
+)
 from etcdlock._core.errors import ConfigError, EtcdError
 from etcdlock._recipes.status import LockHolder, LockStatus, lock_names
 
 EXIT_USAGE = 2  # as argparse: the command line asks for something this command will not do
-EXIT_ERROR = 5  # etcd unreachable, auth failed, bad input
 
 _DESCRIPTION = """Show each lock under PREFIX: its holder and its waiters in queue order (keys of any
 client: etcdlock, Go's concurrency.Mutex, etcdctl lock).
@@ -50,9 +53,7 @@ def register(sub: Any) -> None:
         help="read at most N keys (required without PREFIX: no whole-keyspace scan by default)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--endpoints", default=None, help="comma-separated host:port (default $ETCDCTL_ENDPOINTS)")
-    p.add_argument("--user", default=None)
-    p.add_argument("--password", default=None)
+    add_connection_options(p)
     p.set_defaults(run=run)
 
 
@@ -65,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        statuses, complete = asyncio.run(
-            collect(given_endpoints(args), args.prefix, args.limit, args.user, args.password)
-        )
+        conn = connection_from(args)
+    except ConfigError as err:
+        return report_error(err, None)
+    try:
+        statuses, complete = asyncio.run(collect(conn, args.prefix, args.limit))
     except (EtcdError, ConfigError) as err:
-        print(f"etcdlock: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_error(err, conn)
     if not complete:
         print(
             f"etcdlock: stopped after {args.limit} keys under {args.prefix!r}; locks beyond them are not "
@@ -99,12 +101,10 @@ def entries(status: LockStatus) -> list[Entry]:
     return holder + [entry(w, "waiter") for w in status.waiters]
 
 
-async def collect(
-    endpoints: list[str], prefix: str, limit: int | None, user: str | None, password: str | None
-) -> tuple[list[LockStatus], bool]:
+async def collect(conn: Connection, prefix: str, limit: int | None) -> tuple[list[LockStatus], bool]:
     """Each lock's status (client.lock_status) for the lock names found under prefix, sorted by name; and
     False if the scan stopped at `limit` keys before the end."""
-    async with Client(endpoints, username=user, password=password) as client:
+    async with conn.client() as client:
         scan = await lock_names(client, prefix, limit=limit)
         statuses = await asyncio.gather(*(client.lock_status(name) for name in scan.names))
     return list(statuses), scan.complete
