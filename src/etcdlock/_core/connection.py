@@ -305,8 +305,17 @@ class Connection:
 
     # ---- calls ----
 
-    async def unary(self, method: Method[Req, Resp], request: Req, timeout: float | None = None) -> Resp:
-        """One request/response RPC with failover across endpoints, bounded by timeout (seconds)."""
+    async def unary(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        timeout: float | None = None,
+        *,
+        on_send: Callable[[float], None] | None = None,
+    ) -> Resp:
+        """One request/response RPC with failover across endpoints, bounded by timeout (seconds).
+
+        on_send(loop time) runs right before each attempt goes out (after its wait for a place in flight)."""
         timeout = self.default_timeout if timeout is None else check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -340,6 +349,8 @@ class Connection:
                 if not await self._slot(attempt):
                     continue  # none within this attempt's share: the loop head decides what is left
                 try:
+                    if on_send is not None:
+                        on_send(loop.time())
                     return await fn(request, timeout=attempt, metadata=md)  # type: ignore[no-any-return]
                 finally:
                     self._slots.release()

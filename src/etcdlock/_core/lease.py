@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -103,13 +105,6 @@ class KeepAlive:
         interval, so a retry on another member still lands well inside the TTL."""
         return min(max(self.interval / 2.0, 0.5), 5.0)
 
-    def wake_at(self) -> float:
-        """When the scheduler must look at this lease next: renewal due, stall check, or deadline."""
-        t = min(self.next_send, self.expires_at)
-        if self.sent_at is not None:
-            t = min(t, self.sent_at + self.stall_after)
-        return t
-
     @property
     def active(self) -> bool:
         return not self.lost.is_set() and self._manager.is_registered(self)
@@ -123,8 +118,8 @@ class KeepAlive:
 
         After the process was stopped (SIGSTOP, a long GC pause, a blocked loop) the scheduler's timer has
         not run yet, but the clock has moved on: this fires `lost` at once if the deadline has passed."""
-        if self.lost_reason is None and self.remaining() <= 0:
-            self._manager._lose_expired()
+        if self.lost_reason is None and self.remaining() <= 0 and self._manager.is_registered(self):
+            self._manager._lose(self, self._manager.expired_reason(self))
         return self.lost_reason is None
 
     def add_lost_callback(self, fn: Callable[[str], None]) -> None:
@@ -171,6 +166,14 @@ class KeepAliveManager(BidiStream):
         super().__init__(conn, tasks, methods.LEASE_KEEPALIVE, leader=False, name="lease-keepalive", log=log)
         self.margin = check_lease_margin(margin)
         self._registry: dict[int, KeepAlive] = {}
+        # Thousands of leases on one stream: nothing here may look at every lease per renewal or per
+        # registration. Renewals due and local deadlines are kept in heaps of (time, seq, lease); an entry
+        # is stale (and skipped) once its lease left or its time moved.
+        self._due: list[tuple[float, int, KeepAlive]] = []
+        self._deadlines: list[tuple[float, int, KeepAlive]] = []
+        self._seq = itertools.count()
+        # Renewals sent and not answered yet, oldest first (lease id -> its keeper).
+        self._outstanding: dict[int, KeepAlive] = {}
         self._runner: asyncio.Task[Any] | None = None
         self.renewals_sent = 0
         self.stalls = 0  # streams abandoned because renewals went unanswered
@@ -184,7 +187,7 @@ class KeepAliveManager(BidiStream):
 
     # ---- registry ----
 
-    def register(self, lease_id: int, ttl: int, granted_at: float) -> KeepAlive:
+    def register(self, lease_id: int, ttl: int, granted_at: float, *, renew_now: bool = False) -> KeepAlive:
         if self._closed:
             from etcdlock._core.errors import ClientClosedError
 
@@ -192,7 +195,11 @@ class KeepAliveManager(BidiStream):
         if lease_id in self._registry:
             raise ConfigError(f"lease {lease_id:x} is already kept alive by this client")
         keeper = KeepAlive(self, lease_id, ttl, granted_at, self.margin)
+        if renew_now:
+            keeper.next_send = granted_at
         self._registry[lease_id] = keeper
+        self._schedule(keeper)
+        heapq.heappush(self._deadlines, (keeper.expires_at, next(self._seq), keeper))
         self._arm_deadline(keeper.expires_at)
         if self._runner is None:
             self._runner = self._tasks.spawn(self._run(), "lease-keepalive")
@@ -205,7 +212,12 @@ class KeepAliveManager(BidiStream):
     def unregister(self, keeper: KeepAlive) -> None:
         if self._registry.get(keeper.id) is keeper:
             del self._registry[keeper.id]
+            if self._outstanding.get(keeper.id) is keeper:
+                del self._outstanding[keeper.id]
             self.wake()
+
+    def _schedule(self, keeper: KeepAlive) -> None:
+        heapq.heappush(self._due, (keeper.next_send, next(self._seq), keeper))
 
     # ---- local deadlines ----
     # A loop timer, not the stream's runner, declares leases lost: the runner may be held up in a stream
@@ -219,18 +231,25 @@ class KeepAliveManager(BidiStream):
             timer.cancel()
         self._deadline_timer = asyncio.get_running_loop().call_at(at, self._expire_due)
 
-    def _lose_expired(self) -> None:
-        now = asyncio.get_running_loop().time()
-        for keeper in list(self._registry.values()):
-            if keeper.expires_at <= now:
-                self._lose(keeper, f"no successful keepalive within the TTL ({keeper.ttl}s)")
+    @staticmethod
+    def expired_reason(keeper: KeepAlive) -> str:
+        return f"no successful keepalive within the TTL ({keeper.ttl}s)"
 
     def _expire_due(self) -> None:
+        """The earliest local deadline came: lose what expired; renewed leases go back with their new one."""
         self._deadline_timer = None
-        self._lose_expired()
-        if self._registry:
-            # Renewals only ever push deadlines later, so the next check is at the earliest one now.
-            self._arm_deadline(min(k.expires_at for k in self._registry.values()))
+        now = asyncio.get_running_loop().time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, keeper = heapq.heappop(heap)
+            if not self.is_registered(keeper):
+                continue
+            if keeper.expires_at <= now:
+                self._lose(keeper, self.expired_reason(keeper))
+            else:  # renewed meanwhile: deadlines only move later
+                heapq.heappush(heap, (keeper.expires_at, next(self._seq), keeper))
+        if heap:
+            self._arm_deadline(heap[0][0])
 
     def _lose(self, keeper: KeepAlive, reason: str) -> None:
         self.unregister(keeper)
@@ -260,23 +279,32 @@ class KeepAliveManager(BidiStream):
 
     def on_open(self, now: float) -> None:
         self._confirmed_at = -math.inf
-        for keeper in self._registry.values():
-            if keeper.sent_at is not None:
-                # Its renewal went down with the old stream: send it again now. The others keep their
-                # schedule (a new lease is not renewed at once: its grant is fresh).
-                keeper.sent_at = None
-                keeper.next_send = now
+        unanswered, self._outstanding = self._outstanding, {}
+        for keeper in unanswered.values():
+            # Its renewal went down with the old stream: send it again now. The others keep their
+            # schedule (a new lease is not renewed at once: its grant is fresh).
+            keeper.sent_at = None
+            keeper.next_send = now
+            self._schedule(keeper)
 
     async def send(self, call: Any, now: float) -> None:
-        self._lose_expired()  # a timer does this on time; here it keeps renewals for the lost from going out
-        for keeper in list(self._registry.values()):
-            if keeper.next_send <= now:
-                # A renewal's deadline counts from its send time: record it before writing.
-                keeper.sent_at = now
-                keeper.next_send = now + keeper.interval
-                await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
-                self.renewals_sent += 1
-                self._confirm_quorum(self.endpoint, now)
+        due = self._due
+        while due and due[0][0] <= now:
+            t, _, keeper = heapq.heappop(due)
+            if not self.is_registered(keeper) or keeper.next_send != t:
+                continue  # left, or rescheduled (a resend after a new stream)
+            if keeper.remaining() <= 0:
+                self._lose(keeper, self.expired_reason(keeper))  # too late to renew: lost, on time
+                continue
+            # A renewal's deadline counts from its send time: record it before writing.
+            keeper.sent_at = now
+            keeper.next_send = now + keeper.interval
+            self._outstanding.pop(keeper.id, None)
+            self._outstanding[keeper.id] = keeper  # (re)inserted last: the dict stays oldest first
+            self._schedule(keeper)
+            await call.write(pb.LeaseKeepAliveRequest(ID=keeper.id))
+            self.renewals_sent += 1
+            self._confirm_quorum(self.endpoint, now)
 
     def on_reply(self, reply: Any) -> None:
         keeper = self._registry.get(reply.ID)
@@ -289,10 +317,18 @@ class KeepAliveManager(BidiStream):
         keeper.answered_at, keeper.answered_ttl = sent, reply.TTL
         self._trust(keeper)
         keeper.sent_at = None
+        if self._outstanding.get(keeper.id) is keeper:
+            del self._outstanding[keeper.id]
         keeper.renewals += 1
 
     def next_check(self, now: float) -> float | None:
-        return min((k.wake_at() for k in self._registry.values()), default=now) - now
+        """Until the next renewal is due or the oldest unanswered one counts as stalled (deadlines have a
+        timer of their own)."""
+        t = self._due[0][0] if self._due else math.inf
+        oldest = self._oldest_outstanding()
+        if oldest is not None and oldest.sent_at is not None:
+            t = min(t, oldest.sent_at + oldest.stall_after)
+        return None if t == math.inf else t - now
 
     def distrust(self, now: float) -> str | None:
         """Why the stream's member is no longer trusted with renewals (counted as a stall), or None."""
@@ -308,9 +344,19 @@ class KeepAliveManager(BidiStream):
             self.stalls += 1
         return reason
 
+    def _oldest_outstanding(self) -> KeepAlive | None:
+        return next(iter(self._outstanding.values()), None)
+
     def _stalled(self, now: float) -> bool:
-        return any(
-            k.sent_at is not None and now - k.sent_at >= k.stall_after for k in self._registry.values()
+        """The oldest unanswered renewal has waited longer than its stall_after and nothing at all came
+        back meanwhile. Replies that still arrive, only behind a burst of thousands of renewals, mean the
+        member is working."""
+        k = self._oldest_outstanding()
+        return (
+            k is not None
+            and k.sent_at is not None
+            and now - k.sent_at >= k.stall_after
+            and now - max(self.last_reply_at, k.sent_at) >= k.stall_after
         )
 
     # ---- quorum confirmation ----
@@ -351,6 +397,9 @@ class KeepAliveManager(BidiStream):
         """Stop keeping every lease alive (no revoke) and end the stream. Idempotent."""
         self._closed = True
         self._registry.clear()
+        self._due.clear()
+        self._deadlines.clear()
+        self._outstanding.clear()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -371,14 +420,19 @@ class Leases:
         self.keepalive = KeepAliveManager(conn, tasks, margin)
 
     async def grant(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> LeaseGrant:
+        sends: list[float] = []
         reply = await self._conn.unary(
-            methods.LEASE_GRANT, pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=lease_id), timeout
+            methods.LEASE_GRANT,
+            pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=lease_id),
+            timeout,
+            on_send=sends.append,
         )
         if reply.error:
             from etcdlock._core.errors import ServerError
 
             raise ServerError(f"lease grant failed: {reply.error}", code="LEASE_GRANT")
-        return LeaseGrant(Header.from_pb(reply.header), reply.ID, reply.TTL)
+        # The first attempt's send: a retry may answer for a lease an earlier attempt already created.
+        return LeaseGrant(Header.from_pb(reply.header), reply.ID, reply.TTL, sends[0])
 
     async def revoke(self, lease_id: int, *, timeout: float | None = None) -> Header:
         try:
@@ -410,9 +464,9 @@ class Leases:
         exists)."""
         check_ttl(ttl)
         now = asyncio.get_running_loop().time()
-        keeper = self.keepalive.register(lease_id, ttl, now if granted_at is None else granted_at)
-        if granted_at is None:
-            keeper.next_send = now
+        keeper = self.keepalive.register(
+            lease_id, ttl, now if granted_at is None else granted_at, renew_now=granted_at is None
+        )
         return keeper
 
 

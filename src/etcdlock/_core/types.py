@@ -144,6 +144,9 @@ class LeaseGrant:
     header: Header
     id: int
     ttl: int
+    # Loop time when the grant first went out on the wire (after any wait for a place among the client's
+    # requests in flight): etcd cannot have started the lease's TTL before it. 0.0 if unknown.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

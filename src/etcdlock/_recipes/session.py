@@ -154,7 +154,10 @@ class Session:
                 minimum=grant.ttl,
             )
         try:
-            self._keeper = self._client.keep_alive(grant.id, grant.ttl, granted_at=sent_at)
+            # From when the grant went out, not from when it was asked for: it may have waited for a place
+            # among the client's requests in flight (thousands of sessions started at once).
+            granted_at = max(sent_at, grant.sent_at)
+            self._keeper = self._client.keep_alive(grant.id, grant.ttl, granted_at=granted_at)
         except BaseException:
             await shielded(self._revoke(), CLEANUP_TIMEOUT)
             raise
