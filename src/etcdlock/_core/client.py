@@ -175,6 +175,7 @@ class CoreClient:
             ConnectionFailedError: no endpoint answered.
             EtcdTimeoutError: no answer within the timeout.
             AuthError: the credentials were refused.
+            EtcdError: any other failure: `PermissionDeniedError`, `ClientClosedError`, `ServerError`.
         """
         await self.status(timeout=timeout)
         return self
@@ -265,6 +266,8 @@ class CoreClient:
             CompactedError: ``revision`` was compacted away.
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._kv.get(key, timeout=timeout, **options)
 
@@ -294,6 +297,8 @@ class CoreClient:
             LeaseNotFoundError: ``lease`` does not exist (expired or revoked); nothing was written.
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout (the write may have been applied).
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._kv.put(key, value, lease=lease, prev_kv=prev_kv, timeout=timeout)
 
@@ -323,6 +328,8 @@ class CoreClient:
             ConfigError: a bad key, or both ``prefix`` and ``range_end``.
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout (the delete may have been applied).
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._kv.delete(
             key, prefix=prefix, range_end=range_end, prev_kv=prev_kv, timeout=timeout
@@ -355,6 +362,7 @@ class CoreClient:
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout (the transaction may have been applied).
             ServerError: etcd refused the transaction (e.g. the same key written twice in it).
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`.
         """
         return await self._kv.txn(compare, success, failure, timeout=timeout)
 
@@ -389,6 +397,7 @@ class CoreClient:
             ServerError: ``revision`` is newer than the store's (code ``OUT_OF_RANGE``).
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`.
         """
         return await self._kv.compact(revision, physical=physical, timeout=timeout)
 
@@ -411,6 +420,7 @@ class CoreClient:
             ServerError: etcd refused the grant (e.g. a lease with ``lease_id`` exists already).
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout (the lease may have been granted).
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`.
         """
         grant = await self._lease.grant(ttl, lease_id=lease_id, timeout=timeout)
         self._revision_seen = max(self._revision_seen, grant.header.revision)
@@ -430,6 +440,8 @@ class CoreClient:
             LeaseNotFoundError: the lease does not exist (expired, revoked, never granted).
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout (the lease may have been revoked).
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._lease.revoke(lease_id, timeout=timeout)
 
@@ -450,6 +462,8 @@ class CoreClient:
         Raises:
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._lease.time_to_live(lease_id, keys=keys, timeout=timeout)
 
@@ -465,6 +479,8 @@ class CoreClient:
         Raises:
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         return await self._lease.leases(timeout=timeout)
 
@@ -564,6 +580,7 @@ class CoreClient:
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
             AuthError: the credentials were refused.
+            EtcdError: any other failure: `PermissionDeniedError`, `ClientClosedError`, `ServerError`.
         """
         reply = await self._conn.unary(methods.STATUS, pb.StatusRequest(), timeout)
         return Status(
@@ -588,6 +605,8 @@ class CoreClient:
         Raises:
             ConnectionFailedError: no endpoint answered within the timeout.
             EtcdTimeoutError: no answer within the timeout.
+            EtcdError: any other failure: `AuthError`, `PermissionDeniedError`, `ClientClosedError`,
+                `ServerError`.
         """
         reply = await self._conn.unary(methods.MEMBER_LIST, pb.MemberListRequest(), timeout)
         return [

@@ -12,7 +12,8 @@ class LockError(EtcdError):
 class LockTimeout(LockError, TimeoutError):
     """The lock was not acquired within the timeout. The body did not run; nothing was left behind.
 
-    Also a `TimeoutError`. The waiter's key (if it had queued) was deleted again before this was raised.
+    Also a `TimeoutError`. A waiter's key that was queued is deleted again (shielded from cancellation,
+    with a deadline of its own).
     """
 
 
