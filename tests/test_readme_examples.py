@@ -11,6 +11,7 @@ line right before a block skips it: use it only for a block that cannot run on i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -111,8 +112,16 @@ def run_example(code: str, first_line: int, timeout: float = EXAMPLE_TIMEOUT) ->
     try:
         out, err = proc.communicate(code, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        # SIGINT first: asyncio.run() cancels the example and Python prints where it was stuck (the
+        # README line of the await); then the whole group goes.
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything it started that is still there
         return f"did not finish within {timeout:g}s (it hangs)\nstdout:\n{out}\nstderr:\n{err}"
     if proc.returncode != 0:
         return f"exited with status {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
