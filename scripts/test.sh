@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole check, as CI runs it: install what is missing, then stubs-fresh, lint, types, tests against real
-# etcd (the tests start and stop their own etcd processes), and the lowest/highest dependency versions.
+# The whole check, as CI runs it: install what is missing, then stubs-fresh, lint, types, the API reference,
+# tests against real etcd (the tests start and stop their own etcd processes), and the lowest/highest
+# dependency versions.
 # Options: --quick skips the dependency-range runs; extra arguments go to pytest (e.g. --slow, -k NAME).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,8 @@ ruff check src tests scripts bench
 ruff format --check src tests scripts bench
 echo "==> mypy --strict"
 mypy
+echo "==> API reference (docs/api/): builds without warnings, every public name documented"
+python scripts/build_docs.py
 echo "==> pytest"
 python -m pytest -q -p no:cacheprovider "$@"
 if [ "$quick" = 0 ]; then

@@ -94,7 +94,6 @@ NO_TWIN: dict[tuple[str, str], str] = {
     ("Session", "acquire_request"): "the lock recipe's prebuilt protobuf request, cached on the loop",
     ("KeepAlive", "interval"): _SCHEDULER_TIMING,
     ("KeepAlive", "stall_after"): _SCHEDULER_TIMING,
-    ("KeepAlive", "wake_at"): _SCHEDULER_TIMING,
     ("Watcher", "create_request"): "the watch stream's protobuf request for this watch, built on the loop",
     ("DebugServer", "start"): "serve_debug() hands the server out started",
 }

@@ -110,14 +110,24 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """TLS material, as file paths. ca_file alone gives server verification; add cert+key for mTLS."""
+    """TLS material, as file paths. ca_file alone gives server verification; add cert+key for mTLS.
+
+    Pass it as ``Client(..., tls=TLSConfig(...))``. The files are read when the client is made, and a
+    file that cannot be read, or a certificate without its key, is a `ConfigError` then. A TLS handshake
+    that fails later is a `ConnectionFailedError` whose message says what most likely went wrong.
+    """
 
     ca_file: str | None = None
+    """PEM file of the CA(s) that signed the server's certificate (None: the system's roots)."""
     cert_file: str | None = None
+    """PEM file of the client's certificate, for servers that require one (with ``key_file``)."""
     key_file: str | None = None
+    """PEM file of the client certificate's private key (with ``cert_file``)."""
     server_name: str | None = None
+    """The host name to verify the server's certificate against, when it differs from the endpoint's."""
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC credentials made of the files. @private"""
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("TLS client authentication needs both cert_file and key_file")
         return grpc.ssl_channel_credentials(

@@ -71,65 +71,112 @@ def check_ttl(ttl: int) -> int:
 
 
 class KeepAlive:
-    """Handle of one lease kept alive by the client. Fires `lost` once, never un-fires."""
+    """Handle of one lease kept alive by the client. Fires `lost` once, never un-fires.
+
+    Made by `keep_alive()`. The lease is renewed on the client's one keepalive stream until `stop()`
+    or until it is lost: etcd answered that it is gone (TTL 0), or its local deadline passed with no
+    trusted renewal. The deadline is measured on the event loop's (monotonic) clock from the send time of
+    the last renewal that the member answered and confirmed it reaches a quorum, less a margin.
+    """
 
     def __init__(
         self, manager: KeepAliveManager, lease_id: int, ttl: int, granted_at: float, margin: float
     ) -> None:
         self._manager = manager
         self.id = lease_id
+        """The lease's ID."""
         self.ttl = ttl
+        """The lease's TTL in seconds, as granted."""
         # Never more than half the TTL, so a short lease still has room to be renewed.
         self.margin = min(margin, ttl / 2.0)
+        """Seconds before the earliest moment etcd may expire the lease that it counts as lost (the
+        client's ``lease_margin``, at most half the TTL)."""
         self.lost = asyncio.Event()
+        """Set once the lease is lost (never cleared); not set by `stop()`."""
         self.lost_reason: str | None = None
+        """Why the lease was lost, None while it is not."""
         self.renewals = 0
+        """Renewals etcd answered."""
         # Local deadline: the server keeps the lease at least until (send time of the last trusted renewal
         # + TTL); we count it lost `margin` sooner. The grant went through the leader's log: trusted.
         self.expires_at = granted_at + ttl - self.margin
+        """The local deadline, in the event loop's time (``loop.time()``): the lease counts as lost then
+        unless a renewal moves it later."""
         self.next_send = granted_at + self.interval
+        """When the next renewal is due (loop time). Scheduler state: @private"""
         self.sent_at: float | None = None
+        """Send time of the renewal in flight, None if none. Scheduler state: @private"""
         # The latest answered renewal (send time, TTL granted), waiting to be trusted up to a quorum read.
         self.answered_at = -math.inf
+        """Send time of the latest answered renewal. Scheduler state: @private"""
         self.answered_ttl = ttl
+        """TTL in the latest renewal's answer. Scheduler state: @private"""
         self._callbacks: list[Callable[[str], None]] = []
 
     @property
     def interval(self) -> float:
-        """Renew three times within the part of the TTL the client trusts."""
+        """Seconds between renewals: three within the part of the TTL the client trusts (at least 0.2)."""
         return max((self.ttl - self.margin) / 3.0, 0.2)
 
     @property
     def stall_after(self) -> float:
         """How long a renewal may go unanswered before the stream counts as stalled: half the renewal
-        interval, so a retry on another member still lands well inside the TTL."""
+        interval, so a retry on another member still lands well inside the TTL. @private"""
         return min(max(self.interval / 2.0, 0.5), 5.0)
 
     @property
     def active(self) -> bool:
+        """True while the lease is being renewed: neither lost nor stopped."""
         return not self.lost.is_set() and self._manager.is_registered(self)
 
     def remaining(self) -> float:
-        """Seconds until the local deadline (negative once passed)."""
+        """Seconds until the local deadline (negative once passed).
+
+        Returns:
+            `expires_at` minus the event loop's time now.
+
+        Raises:
+            RuntimeError: called outside the event loop.
+        """
         return self.expires_at - asyncio.get_running_loop().time()
 
     def check(self) -> bool:
         """True while the lease is alive by the local deadline, checked now, not at the next timer tick.
 
         After the process was stopped (SIGSTOP, a long GC pause, a blocked loop) the scheduler's timer has
-        not run yet, but the clock has moved on: this fires `lost` at once if the deadline has passed."""
+        not run yet, but the clock has moved on: this fires `lost` at once if the deadline has passed.
+
+        Returns:
+            False once the lease is lost (`lost_reason` says why).
+
+        Raises:
+            RuntimeError: called outside the event loop.
+        """
         if self.lost_reason is None and self.remaining() <= 0 and self._manager.is_registered(self):
             self._manager._lose(self, self._manager.expired_reason(self))
         return self.lost_reason is None
 
     def add_lost_callback(self, fn: Callable[[str], None]) -> None:
-        """fn(reason) runs once when the lease is lost (at once if already lost). Not on stop()."""
+        """fn(reason) runs once when the lease is lost (at once if already lost). Not on stop().
+
+        It runs in the event loop, inside the client's keepalive machinery: keep it quick. An exception
+        it raises there is logged and does not stop the other callbacks (if the lease is already lost,
+        it runs at once, here, and its exception reaches the caller).
+
+        Args:
+            fn: Called with the reason the lease was lost.
+        """
         if self.lost_reason is not None:
             fn(self.lost_reason)
         else:
             self._callbacks.append(fn)
 
     def remove_lost_callback(self, fn: Callable[[str], None]) -> None:
+        """Take back a callback added by `add_lost_callback()` (nothing happens if it is not there).
+
+        Args:
+            fn: The callback, as added.
+        """
         with contextlib.suppress(ValueError):
             self._callbacks.remove(fn)
 
@@ -146,11 +193,15 @@ class KeepAlive:
                 log.exception("lease %x lost-callback failed", self.id)
 
     def declare_lost(self, reason: str) -> None:
-        """The lease is known gone by other means (etcd answered "lease not found"): lost, now."""
+        """The lease is known gone by other means (etcd answered "lease not found"): lost, now. @private"""
         self._manager._lose(self, reason)
 
     def stop(self) -> None:
-        """Stop renewing (does not revoke). Idempotent."""
+        """Stop renewing (does not revoke). Idempotent.
+
+        The lease then expires at its TTL unless revoked (`revoke()`); `lost` is not set and lost
+        callbacks are dropped.
+        """
         self._callbacks.clear()
         self._manager.unregister(self)
 

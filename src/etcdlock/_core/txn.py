@@ -51,29 +51,99 @@ def _int(value: int, what: str) -> int:
 
 @dataclass(frozen=True)
 class Compare:
-    """One condition of a transaction. Build with the class methods, e.g.
-    ``Compare.create_revision("k", "==", 0)``."""
+    """One condition of a transaction (its If). Build with the class methods, e.g.
+    ``Compare.create_revision("k", "==", 0)`` (true when "k" does not exist).
+
+    Each compares one field of one key with a value, using ``op``, one of ``"=="``, ``"!="``, ``"<"``,
+    ``">"``. A key that does not exist has version, create revision, mod revision and lease 0.
+    """
 
     pb: pb.Compare
+    """The wire message. @private"""
 
     @classmethod
     def version(cls, key: Key, op: Operator, version: int) -> Compare:
+        """Compare the key's version (writes since it was created; 0 if it does not exist).
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            op: ``"=="``, ``"!="``, ``"<"`` or ``">"``.
+            version: The version to compare with.
+
+        Returns:
+            The condition, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, operator or version.
+        """
         return cls._make(key, op, pb.Compare.VERSION, version=_int(version, "version"))
 
     @classmethod
     def create_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
+        """Compare the revision that created the key (0 if it does not exist).
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            op: ``"=="``, ``"!="``, ``"<"`` or ``">"``.
+            revision: The revision to compare with.
+
+        Returns:
+            The condition, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, operator or revision.
+        """
         return cls._make(key, op, pb.Compare.CREATE, create_revision=_int(revision, "create_revision"))
 
     @classmethod
     def mod_revision(cls, key: Key, op: Operator, revision: int) -> Compare:
+        """Compare the revision of the key's last write (0 if it does not exist).
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            op: ``"=="``, ``"!="``, ``"<"`` or ``">"``.
+            revision: The revision to compare with.
+
+        Returns:
+            The condition, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, operator or revision.
+        """
         return cls._make(key, op, pb.Compare.MOD, mod_revision=_int(revision, "mod_revision"))
 
     @classmethod
     def value(cls, key: Key, op: Operator, value: str | bytes) -> Compare:
+        """Compare the key's value, byte by byte. Fails (is false) when the key does not exist.
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            op: ``"=="``, ``"!="``, ``"<"`` or ``">"``.
+            value: The value to compare with (str is encoded as UTF-8).
+
+        Returns:
+            The condition, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, operator or value.
+        """
         return cls._make(key, op, pb.Compare.VALUE, value=to_bytes(value, "value"))
 
     @classmethod
     def lease(cls, key: Key, op: Operator, lease_id: int) -> Compare:
+        """Compare the ID of the lease the key is attached to (0: none, or the key does not exist).
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            op: ``"=="``, ``"!="``, ``"<"`` or ``">"``.
+            lease_id: The lease ID to compare with.
+
+        Returns:
+            The condition, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, operator or lease ID.
+        """
         return cls._make(key, op, pb.Compare.LEASE, lease=_int(lease_id, "lease"))
 
     @classmethod
@@ -138,22 +208,69 @@ def delete_request(
 
 @dataclass(frozen=True)
 class Op:
-    """One operation in a transaction branch. Build with ``Op.get / Op.put / Op.delete / Op.txn``."""
+    """One operation in a transaction branch (its Then or Else). Build with ``Op.get``, ``Op.put``,
+    ``Op.delete`` or ``Op.txn``; they take the same arguments as the client's calls of the same name."""
 
     pb: pb.RequestOp
+    """The wire message. @private"""
 
     @classmethod
     def get(cls, key: Key, **options: object) -> Op:
+        """Read a key, a prefix or a range, like `get()`; its result is a `GetResult`.
+
+        Args:
+            key: The key, or the prefix with ``prefix=True`` (str is encoded as UTF-8).
+            **options: The options of `get()`: ``prefix``, ``range_end``, ``limit``, ``revision``,
+                ``sort_order``, ``sort_target``, ``keys_only``, ``count_only``, ``serializable``,
+                ``min_create_revision``, ``max_create_revision``, ``min_mod_revision``,
+                ``max_mod_revision``.
+
+        Returns:
+            The operation, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key or option value.
+            TypeError: an option that `get()` does not have.
+        """
         return cls(pb.RequestOp(request_range=range_request(key, **options)))  # type: ignore[arg-type]
 
     @classmethod
     def put(cls, key: Key, value: str | bytes, *, lease: int = 0, prev_kv: bool = False) -> Op:
+        """Write a key, like `put()`; its result is a `PutResult`.
+
+        Args:
+            key: The key (str is encoded as UTF-8).
+            value: The value (str is encoded as UTF-8).
+            lease: Attach the key to this lease (0: none). If the lease does not exist, the whole
+                transaction fails with `LeaseNotFoundError`.
+            prev_kv: Return the key as it was before, in `PutResult.prev_kv`.
+
+        Returns:
+            The operation, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, value or lease.
+        """
         return cls(pb.RequestOp(request_put=put_request(key, value, lease=lease, prev_kv=prev_kv)))
 
     @classmethod
     def delete(
         cls, key: Key, *, prefix: bool = False, range_end: Key | None = None, prev_kv: bool = False
     ) -> Op:
+        """Delete a key, a prefix or a range, like `delete()`; its result is a `DeleteResult`.
+
+        Args:
+            key: The key, or the prefix with ``prefix=True`` (str is encoded as UTF-8).
+            prefix: Delete every key starting with ``key``.
+            range_end: Delete the keys from ``key`` up to (not including) this one.
+            prev_kv: Return the deleted keys, in `DeleteResult.prev_kvs`.
+
+        Returns:
+            The operation, for `txn()`.
+
+        Raises:
+            ConfigError: a bad key, or both ``prefix`` and ``range_end``.
+        """
         return cls(
             pb.RequestOp(
                 request_delete_range=delete_request(key, prefix=prefix, range_end=range_end, prev_kv=prev_kv)
@@ -162,6 +279,19 @@ class Op:
 
     @classmethod
     def txn(cls, compare: list[Compare], success: list[Op], failure: list[Op] | None = None) -> Op:
+        """A nested transaction, like `txn()`; its result is a `TxnResult`.
+
+        Args:
+            compare: The conditions, all of which must hold for ``success`` to run.
+            success: The operations run when every condition holds.
+            failure: The operations run otherwise (none by default).
+
+        Returns:
+            The operation, for `txn()`.
+
+        Raises:
+            ConfigError: an entry that is not a `Compare` or an `Op`.
+        """
         return cls(pb.RequestOp(request_txn=txn_request(compare, success, failure)))
 
 

@@ -54,6 +54,12 @@ class Watcher:
 
     Leaving the iteration by any path (break, exception, cancellation, a timeout around the consumer) ends the
     watch and sends a WatchCancelRequest.
+
+    Made by `watch()`. As a context manager (``async with client.watch(k) as w:``) the watch is created
+    on entry and ended on exit, and events are read with `next_event()`. Iterating raises the error the
+    watch ended with: `CompactedError` when its start revision was compacted away,
+    `WatchOverflowError` when the consumer fell behind, `WatchError` when etcd ended it, and
+    `ClientClosedError` when the client was closed.
     """
 
     def __init__(
@@ -71,28 +77,46 @@ class Watcher:
     ) -> None:
         self._hub = hub
         self.key = key
+        """The key watched (the first key of the range)."""
         self.range_end = range_end
+        """The end of the range watched (not included); empty for a single key."""
         self.start_revision = start_revision
+        """The revision asked for at the start (0: from the creation on)."""
         self.no_put = no_put
+        """Puts are not reported."""
         self.no_delete = no_delete
+        """Deletes are not reported."""
         self.prev_kv = prev_kv
+        """Events carry the key as it was before the change."""
         self.progress_notify = progress_notify
+        """etcd was asked to report progress on a quiet watch."""
         self.max_buffer = max_buffer
+        """Events buffered for a slow consumer before the watch is ended with `WatchOverflowError`."""
         self.seq = next(_seq)
+        """Creation order, for re-creating watchers in order. @private"""
         # The next revision this watcher must see; 0 = "from now" until the server confirms creation.
         self.next_revision = start_revision
+        """The next revision this watcher reports (0 until etcd confirmed a watch from now): where a new
+        watch would resume it."""
         self.watch_id: int | None = None
+        """etcd's ID of the watch on the current stream, None until created (and while resuming)."""
         self.created = Flag()  # set once etcd confirmed the watch
+        """Set once etcd confirmed the watch; wait with `wait_created()`. @private"""
         self.created_revision = 0
+        """The store's revision when etcd confirmed the watch (0 until then)."""
         self.state = _NEW
+        """new, started or done. @private"""
         self._stream: _WatchStream | None = None
         # Set by an owner that consumes events synchronously on the stream's reader (no buffer, no task hop);
         # it must be quick and must not raise. Errors still surface through next_event()/wait_created().
         self.on_events: Callable[[list[WatchEvent]], None] | None = None
+        """Hook for the lock recipes. @private"""
         # Likewise for an owner with no task waiting on this watcher: told once of the creation (with the
         # create reply's revision) and once of the error the watch ended with (not of cancel()).
         self.on_created: Callable[[int], None] | None = None
+        """Hook for the lock recipes. @private"""
         self.on_failed: Callable[[BaseException], None] | None = None
+        """Hook for the lock recipes. @private"""
         self._buffer: deque[WatchEvent] | None = None  # made on the first buffered event
         self._signal = Flag()
         self._error: BaseException | None = None
@@ -115,7 +139,21 @@ class Watcher:
                 self.cancel()
 
     async def next_event(self) -> WatchEvent:
-        """The next event; raises the watcher's error, or StopAsyncIteration once it was cancelled."""
+        """The next event; raises the watcher's error, or StopAsyncIteration once it was cancelled.
+
+        Waits until an event comes (bound it with ``asyncio.timeout()`` if needed). Call `start()` first,
+        or use the watcher as a context manager.
+
+        Returns:
+            The oldest event not read yet.
+
+        Raises:
+            StopAsyncIteration: the watch was cancelled.
+            CompactedError: the watch's start revision was compacted away.
+            WatchOverflowError: the consumer fell more than `max_buffer` events behind.
+            WatchError: etcd refused or ended the watch.
+            ClientClosedError: the client was closed.
+        """
         while not self._buffer:
             if self._error is not None:
                 raise self._error
@@ -127,7 +165,19 @@ class Watcher:
         return self._buffer.popleft()
 
     async def wait_created(self) -> int:
-        """Wait until etcd confirmed the watch; returns the revision in the create reply."""
+        """Wait until etcd confirmed the watch; returns the revision in the create reply.
+
+        Every change after that revision will be reported (for a watch from now). Call `start()` first,
+        or use the watcher as a context manager.
+
+        Returns:
+            The store's revision when etcd confirmed the watch.
+
+        Raises:
+            WatchError: the watch was cancelled before it was created, or etcd refused it.
+            CompactedError: the watch's start revision was compacted away.
+            ClientClosedError: the client was closed.
+        """
         while not self.created.is_set():
             if self._error is not None:
                 raise self._error
@@ -149,6 +199,10 @@ class Watcher:
         self.cancel()
 
     def start(self) -> None:
+        """Create the watch on the client's watch stream (idempotent; iterating or entering does it).
+
+        The watch is then live until `cancel()`, whoever reads it.
+        """
         if self.state == _NEW:
             self.state = _STARTED
             self._hub._attach(self)
@@ -165,10 +219,12 @@ class Watcher:
 
     @property
     def done(self) -> bool:
+        """True once the watch ended: cancelled, or failed (events still buffered can be read)."""
         return self.state == _DONE
 
     @property
     def buffered(self) -> int:
+        """Events received and not read yet."""
         return len(self._buffer) if self._buffer is not None else 0
 
     # ---- stream side ----
@@ -225,6 +281,7 @@ class Watcher:
             self.on_failed(error)
 
     def create_request(self) -> pb.WatchRequest:
+        """The WatchCreateRequest that (re)creates this watch from its next revision. @private"""
         filters = []
         if self.no_put:
             filters.append(pb.WatchCreateRequest.NOPUT)

@@ -10,16 +10,28 @@ class LockError(EtcdError):
 
 
 class LockTimeout(LockError, TimeoutError):
-    """The lock was not acquired within the timeout. The body did not run; nothing was left behind."""
+    """The lock was not acquired within the timeout. The body did not run; nothing was left behind.
+
+    Also a `TimeoutError`. A waiter's key that was queued is deleted again (shielded from cancellation,
+    with a deadline of its own).
+    """
 
 
 class LockLost(LockError):
     """The lock was lost: its key was deleted, its lease expired or was revoked, or its keepalive missed
-    the local deadline. Another holder may already have it."""
+    the local deadline. Another holder may already have it.
+
+    Raised by acquiring when the lease is lost while waiting, by `ensure_held()` and `txn()` of a held
+    lock, and out of the lock's block when it was entered with ``cancel_on_loss=True``.
+    """
 
 
 class AlreadyHeldError(LockError, ConfigError):
-    """This session already holds (or is acquiring) this lock name; locks are not reentrant."""
+    """This session already holds (or is acquiring) this lock name; locks are not reentrant.
+
+    Also a `ConfigError`: the second acquire was refused before anything was sent, and the lock already
+    held is left as it was.
+    """
 
 
 class NotAcquiredError(LockError, RuntimeError):

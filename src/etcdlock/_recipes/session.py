@@ -44,12 +44,28 @@ CLEANUP_TIMEOUT = 5.0
 
 
 class Session:
-    """``async with Session(client, ttl=10) as session:`` — a lease kept alive until the block ends."""
+    """``async with Session(client, ttl=10) as session:`` — a lease kept alive until the block ends.
+
+    Usually made with ``client.session(ttl)``. Locks taken with ``session=`` put their keys on its lease,
+    so several locks share one lease and one renewal; ending the session (or losing its lease) ends every
+    lock on it. A name can be locked only once at a time on one session (`AlreadyHeldError`).
+    """
 
     def __init__(self, client: CoreClient, ttl: int = DEFAULT_TTL) -> None:
+        """Make a session; its lease is granted by `start()` (or ``async with``).
+
+        Args:
+            client: The client whose lease and keepalive stream it uses.
+            ttl: The lease's TTL in seconds: how long the session's locks outlive a crashed process.
+
+        Raises:
+            ConfigError: ``ttl`` is not a whole number of seconds from 1 to 9,000,000,000.
+        """
         self._client = client
         self.ttl = check_ttl(ttl)
+        """The lease's TTL in seconds."""
         self.lease_id = 0
+        """The lease's ID (0 until started)."""
         self._keeper: KeepAlive | None = None
         self._closed = False
         # Lock names this session holds or is acquiring: a second acquire of the same name would be the
@@ -59,15 +75,20 @@ class Session:
         # names used most recently: a long-lived session locking ever new names must not grow without end.
         self._requests: OrderedDict[str, pb.TxnRequest] = OrderedDict()
         self.on_idle: Callable[[Session], None] | None = None  # called when its last name is let go
+        """Hook for the client's session pool. @private"""
 
     @property
     def client(self) -> CoreClient:
+        """The client the session belongs to."""
         return self._client
 
     # ---- the lock names on this lease ----
 
     def claim(self, name: str) -> None:
-        """Reserve `name` for one lock on this session; AlreadyHeldError if it is taken (same key)."""
+        """Reserve `name` for one lock on this session; AlreadyHeldError if it is taken (same key).
+
+        For the lock recipes: @private
+        """
         if self._closed or (self._keeper is not None and self._keeper.lost.is_set()):
             raise LockLost(f"session lease {self.lease_id:x} is gone ({self.lost_reason or 'closed'})")
         if name in self._names:
@@ -78,11 +99,20 @@ class Session:
         self._names.add(name)
 
     def unclaim(self, name: str) -> None:
+        """Let `name` go again. For the lock recipes: @private"""
         self._names.discard(name)
         if not self._names and self.on_idle is not None:
             self.on_idle(self)
 
     def holds(self, name: str) -> bool:
+        """Whether a lock on this name is held, or being acquired, on this session.
+
+        Args:
+            name: The lock's name.
+
+        Returns:
+            True while that lock's key is (or is about to be) on this session's lease.
+        """
         return name in self._names
 
     @property
@@ -91,7 +121,10 @@ class Session:
         return len(self._names)
 
     def acquire_request(self, name: str, build: Callable[[], pb.TxnRequest]) -> pb.TxnRequest:
-        """The prebuilt acquire request of `name` on this lease (built once, kept for recent names)."""
+        """The prebuilt acquire request of `name` on this lease (built once, kept for recent names).
+
+        For the lock recipes: @private
+        """
         request = self._requests.get(name)
         if request is None:
             request = self._requests[name] = build()
@@ -103,20 +136,49 @@ class Session:
 
     @property
     def keeper(self) -> KeepAlive:
+        """The lease's keepalive handle (its local deadline, `KeepAlive.remaining()`, ...).
+
+        Raises:
+            ConfigError: the session was not started.
+        """
         if self._keeper is None:
             raise ConfigError("the session is not started: use `async with Session(...)` or await start()")
         return self._keeper
 
     @property
     def lost(self) -> asyncio.Event:
-        """Set once the lease is gone (revoked, expired, or not renewed before its local deadline)."""
+        """Set once the lease is gone (revoked, expired, or not renewed before its local deadline).
+
+        Raises:
+            ConfigError: the session was not started.
+        """
         return self.keeper.lost
 
     @property
     def lost_reason(self) -> str | None:
+        """Why the lease was lost; None while it is not (and before the session started)."""
         return self._keeper.lost_reason if self._keeper else None
 
     async def start(self, timeout: float | None = None) -> Session:
+        """Grant the lease and keep it alive on the client's keepalive stream.
+
+        If the start fails or is cancelled half-way, the lease it was granted is revoked: nothing is
+        left behind.
+
+        Args:
+            timeout: Seconds for the grant (the client's default if None).
+
+        Returns:
+            The session itself.
+
+        Raises:
+            ConfigError: the session was already started (a session starts only once).
+            TTLBelowMinimumError: etcd's minimum lease TTL is above ``ttl``; the lease it granted was
+                revoked again.
+            ConnectionFailedError: no endpoint answered within the timeout.
+            EtcdTimeoutError: no answer within the timeout.
+            ClientClosedError: the client is closed.
+        """
         if self._keeper is not None or self._closed:
             raise ConfigError("a session can be started only once")
         loop = asyncio.get_running_loop()
@@ -190,7 +252,12 @@ class Session:
             await self._client.revoke(lease_id, timeout=CLEANUP_TIMEOUT)
 
     async def close(self) -> None:
-        """Stop the keepalive and revoke the lease (shielded, own deadline). Idempotent."""
+        """Stop the keepalive and revoke the lease (shielded, own deadline). Idempotent.
+
+        Every key on the lease (the session's locks) is deleted with it. A revoke that cannot get
+        through in time is logged and counted, not raised: the lease then expires at its TTL. If the caller
+        is cancelled meanwhile, the revoke still runs to its end before the cancellation goes on.
+        """
         if self._closed:
             return
         self._closed = True
@@ -211,6 +278,7 @@ class Session:
 
     @property
     def closed(self) -> bool:
+        """True once the session was closed (or its start failed)."""
         return self._closed
 
     async def __aenter__(self) -> Session:
