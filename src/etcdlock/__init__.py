@@ -57,11 +57,12 @@ from etcdlock._core.types import (
     WatchEvent,
 )
 from etcdlock._core.watch import Watcher
+from etcdlock._diagnostics.debug_server import DebugServer
 from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout, NotAcquiredError
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import Session
 from etcdlock._recipes.status import LockHolder, LockStatus
-from etcdlock._sync import SyncClient, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
+from etcdlock._sync import SyncClient, SyncDebugServer, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
 
 # The one place the version is written: pyproject.toml reads it from here (statically, without importing).
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "Compare",
     "ConfigError",
     "ConnectionFailedError",
+    "DebugServer",
     "DeleteResult",
     "EtcdError",
     "EtcdTimeoutError",
@@ -103,6 +105,7 @@ __all__ = [
     "Session",
     "Status",
     "SyncClient",
+    "SyncDebugServer",
     "SyncKeepAlive",
     "SyncLock",
     "SyncSession",

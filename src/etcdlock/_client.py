@@ -10,7 +10,7 @@ from etcdlock._recipes.status import LockStatus, lock_status
 
 
 class Client(CoreClient):
-    """Asyncio etcd client with locks. See `etcdlock._core.client.Client` for KV, lease and watch."""
+    """Asyncio etcd client with locks. KV, lease and watch calls are listed with it."""
 
     def lock(
         self,

@@ -33,6 +33,9 @@ _TRACE_FRAMES = 1
 
 
 class DebugServer:
+    """The debug HTTP endpoint of one client (from `client.serve_debug()`): /metrics (Prometheus),
+    /debug/memory, /debug/gc, /debug/tasks, /debug/resources. Closes with its client, or with close()."""
+
     def __init__(self, client: CoreClient, host: str = "127.0.0.1", port: int = 0) -> None:
         self._client = client
         self.host = host
@@ -50,9 +53,11 @@ class DebugServer:
 
     @property
     def url(self) -> str:
+        """http://HOST:PORT of the running endpoint."""
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> DebugServer:
+        """Start listening (port 0 picks a free port, then `port` says which). @private"""
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

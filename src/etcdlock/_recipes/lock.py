@@ -100,7 +100,8 @@ class Lock:
 
     @property
     def mutex(self) -> Mutex:
-        """The current acquisition's Mutex. Raises NotAcquiredError while not held."""
+        """The current acquisition's Mutex, for the recipes and their tests. Raises NotAcquiredError
+        while not held. @private"""
         if self._holding is None:
             raise NotAcquiredError(
                 f"lock {self.name!r} is not acquired (never acquired, or released): it has no key, token "

@@ -4,11 +4,28 @@ portal.py owns the loop thread; client.py, lock.py, session.py, keepalive.py, wa
 the async objects of the same names, each given the portal and nothing else of the others.
 """
 
+from etcdlock._client import Client
+from etcdlock._core.lease import KeepAlive
+from etcdlock._core.watch import Watcher
+from etcdlock._diagnostics.debug_server import DebugServer
+from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.session import Session
 from etcdlock._sync.client import SyncClient
 from etcdlock._sync.debug import SyncDebugServer
+from etcdlock._sync.docs import inherit_docs
 from etcdlock._sync.keepalive import SyncKeepAlive
 from etcdlock._sync.lock import SyncLock
 from etcdlock._sync.session import SyncSession
 from etcdlock._sync.watch import SyncWatch
+
+for _sync_cls, _async_cls in (
+    (SyncClient, Client),
+    (SyncLock, Lock),
+    (SyncSession, Session),
+    (SyncKeepAlive, KeepAlive),
+    (SyncWatch, Watcher),
+    (SyncDebugServer, DebugServer),
+):
+    inherit_docs(_sync_cls, _async_cls)
 
 __all__ = ["SyncClient", "SyncDebugServer", "SyncKeepAlive", "SyncLock", "SyncSession", "SyncWatch"]

@@ -16,10 +16,12 @@ class SyncDebugServer:
 
     @property
     def host(self) -> str:
+        """The address the endpoint listens on."""
         return self._server.host
 
     @property
     def port(self) -> int:
+        """The port the endpoint listens on."""
         return self._server.port
 
     @property

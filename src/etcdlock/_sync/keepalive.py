@@ -25,10 +25,12 @@ class SyncKeepAlive:
 
     @property
     def id(self) -> int:
+        """The lease's ID."""
         return self._keeper.id
 
     @property
     def ttl(self) -> int:
+        """The lease's TTL in seconds, as granted."""
         return self._keeper.ttl
 
     @property
@@ -39,10 +41,12 @@ class SyncKeepAlive:
 
     @property
     def lost_reason(self) -> str | None:
+        """Why the lease was lost (None while it is not)."""
         return self._keeper.lost_reason
 
     @property
     def renewals(self) -> int:
+        """Renewals etcd answered so far."""
         return self._keeper.renewals
 
     @property

@@ -69,6 +69,7 @@ class SyncLock:
 
     @property
     def name(self) -> str:
+        """The lock's name (its keys are NAME/<lease hex>)."""
         return self._name
 
     # ---- the held lock ----

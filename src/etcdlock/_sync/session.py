@@ -37,6 +37,7 @@ class SyncSession:
 
     @property
     def ttl(self) -> int:
+        """The session lease's TTL in seconds."""
         return self._session.ttl
 
     @property

@@ -308,7 +308,7 @@ class _Conn:
     def maybe_finish(self) -> None:
         if not self.setting_up and self.live == 0 and not self.finished.done():
             self.finished.set_result(None)
-            self.proxy.forget(self)
+            self.proxy._forget(self)
 
 
 class FaultProxy:
@@ -548,7 +548,7 @@ class FaultProxy:
     def count_dropped(self, n: int) -> None:
         self._dropped += n
 
-    def forget(self, conn: _Conn) -> None:
+    def _forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
 
     # ---- internals ----
