@@ -17,8 +17,6 @@ import pytest
 
 from etcdlock import Client, LockLost
 from etcdlock._recipes.lock import Lock
-from etcdlock._recipes.queue import registry_for
-from etcdlock._recipes.session_pool import pool_for
 from tests.test_lock import (
     MAX_ITERATIONS,
     acquired,
@@ -40,10 +38,10 @@ async def test_locks_of_a_client_share_one_lease_and_a_cycle_is_two_rpcs(client:
         async with client.lock(f"{ns}n{i}", timeout=5) as held:
             leases.add(held.lease)
     assert len(leases) == 1, "every lock of the client hangs on its one default session"
-    granted = pool_for(client).started
+    granted = client._recipes.sessions.started
     async with client.lock(ns + "n0", timeout=5):
         pass
-    assert pool_for(client).started == granted, "no new lease for a lock on a known TTL"
+    assert client._recipes.sessions.started == granted, "no new lease for a lock on a known TTL"
     await assert_clean(client, ns, base)
 
 
@@ -85,7 +83,9 @@ async def test_two_tasks_of_one_process_on_one_name_exclude_each_other_and_both_
     assert len(tokens) == 20 and tokens == sorted(tokens) and len(set(tokens)) == 20
     await assert_clean(client, ns, base)
     # The second session was only needed while both wanted the name: it goes once idle.
-    await wait_until(lambda: len(pool_for(client).sessions()) == 1, timeout=5, what="one default session")
+    await wait_until(
+        lambda: len(client._recipes.sessions.sessions()) == 1, timeout=5, what="one default session"
+    )
 
 
 async def test_cancel_a_second_lock_of_a_held_name_at_every_point(client: Client, ns: str) -> None:
@@ -93,7 +93,7 @@ async def test_cancel_a_second_lock_of_a_held_name_at_every_point(client: Client
     cancelled at every await point, it leaves no key, and its session goes once idle."""
     name = ns + "second"
     holder = await acquired(client.lock(name, timeout=5))
-    queue = registry_for(client).names[name]
+    queue = client._recipes.queues.names[name]
     failures: dict[str, list[str]] = {}
     trials = 0
     try:
@@ -116,8 +116,10 @@ async def test_cancel_a_second_lock_of_a_held_name_at_every_point(client: Client
         await holder.release()
     assert not failures, report(failures, trials)
     # Every extra session went once idle: one lease left, the client's first default session.
-    await wait_until(lambda: len(pool_for(client).sessions()) == 1, timeout=5, what="one default session")
-    (first,) = pool_for(client).sessions()
+    await wait_until(
+        lambda: len(client._recipes.sessions.sessions()) == 1, timeout=5, what="one default session"
+    )
+    (first,) = client._recipes.sessions.sessions()
     await wait_until(lambda: client.resources().keepalive_leases == 1, timeout=5, what="one lease kept")
     assert first.lease_id == holder_lease(holder)
 
@@ -141,12 +143,12 @@ async def test_a_revoked_default_session_loses_every_lock_on_it_and_the_next_loc
         async with client.lock(ns + "c", timeout=5) as c:
             assert c.lease != lost_lease
             await c.ensure_held()
-        assert lost_lease not in {s.lease_id for s in pool_for(client).sessions()}
+        assert lost_lease not in {s.lease_id for s in client._recipes.sessions.sessions()}
     await assert_clean(client, ns, base)
 
 
 def holder_lease(lock: Lock) -> int:
-    mutex = lock._mutex
+    mutex = lock._last
     assert mutex is not None
     return mutex.session.lease_id
 

@@ -19,7 +19,7 @@ import pytest
 
 from etcdlock import Client, ConnectionFailedError, LockTimeout
 from etcdlock._diagnostics.process import rss_bytes
-from etcdlock._recipes.mutex import Mutex
+from etcdlock._recipes.contender import Contender
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 
@@ -63,7 +63,7 @@ async def test_h_rss_flat_over_n_and_2n_watch_create_cancel_cycles(
 
 
 async def test_j_failed_acquires_leave_no_objects_or_cycles(client: Client, ns: str) -> None:
-    refs: list[weakref.ref[Mutex]] = []
+    refs: list[weakref.ref[Contender]] = []
     async with client.lock(ns + "busy"):
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
@@ -72,8 +72,8 @@ async def test_j_failed_acquires_leave_no_objects_or_cycles(client: Client, ns: 
                 lock = client.lock(ns + "busy", timeout=0.01)
                 with contextlib.suppress(LockTimeout):
                     await lock.acquire()
-                assert lock._mutex is not None
-                refs.append(weakref.ref(lock._mutex))
+                assert lock._last is not None
+                refs.append(weakref.ref(lock._last))
                 del lock
             alive = sum(1 for r in refs if r() is not None)
             assert alive == 0, f"{alive} mutexes of failed acquires still alive (held by a traceback?)"

@@ -12,10 +12,9 @@ import pytest
 
 from etcdlock import Client
 from etcdlock._core.lease import KeepAlive
+from etcdlock._recipes.contender import Contender
 from etcdlock._recipes.lock import Lock
-from etcdlock._recipes.mutex import Mutex
 from etcdlock._recipes.session import Session
-from etcdlock._recipes.session_pool import pool_for
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ async def test_no_library_object_outlives_its_lock(client: Client, ns: str) -> N
     for _ in range(10):
         lock = client.lock(ns + "b")
         async with lock:
-            mutex = lock._mutex
+            mutex = lock._last
             assert mutex is not None
             refs += [weakref.ref(lock), weakref.ref(mutex)]
             sessions.add(mutex.session)
@@ -65,5 +64,5 @@ async def test_no_library_object_outlives_its_lock(client: Client, ns: str) -> N
     assert not alive, f"still alive without a gc pass: {alive}"
     # The session (and its keepalive) is the client's default one, kept for the next lock: one for all ten.
     (session,) = sessions
-    assert session in pool_for(client).sessions() and isinstance(session.keeper, KeepAlive)
-    assert {Lock, Mutex}  # the kinds checked above
+    assert session in client._recipes.sessions.sessions() and isinstance(session.keeper, KeepAlive)
+    assert {Lock, Contender}  # the kinds checked above

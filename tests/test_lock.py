@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from etcdlock import (
     NotAcquiredError,
     Op,
 )
-from etcdlock._recipes.mutex import Mutex
-from etcdlock._recipes.queue import NameWatch, registry_for
-from etcdlock._recipes.session_pool import open_pools, pool_for
+from etcdlock._recipes.contender import Contender
+from etcdlock._recipes.queue import NameWatch
+from etcdlock._recipes.state import Recipes
 from etcdlock.testing import EtcdCluster
 from tests.waiting import wait_until
 
@@ -70,18 +71,20 @@ async def create_revision(client: Client, key: str) -> int:
 
 def lingering_watches(client: Client) -> dict[str, NameWatch]:
     """Shared queue watchers that no lock uses any more (kept for a short while for reuse, then closed)."""
-    return {name: nw for name, nw in registry_for(client).names.items() if not nw.interests}
+    return {name: nw for name, nw in client._recipes.queues.names.items() if not nw.interests}
 
 
 def default_session_leases(client: Client) -> set[int]:
     """The leases of the client's default sessions: they live as long as the client (or until idle, for
     the extra ones a name locked several times at once needed)."""
-    return {s.lease_id for s in pool_for(client).sessions() if not s.lost.is_set()}
+    return {s.lease_id for s in client._recipes.sessions.sessions() if not s.lost.is_set()}
 
 
 def every_default_session_lease() -> set[int]:
-    """The default sessions' leases of every client of this process that is still open."""
-    return {s.lease_id for pool in open_pools() for s in pool.sessions() if not s.lost.is_set()}
+    """The default sessions' leases of every client of this process that is still open (each client owns
+    its recipe state; the garbage collector knows them all)."""
+    pools = [o.sessions for o in gc.get_objects() if isinstance(o, Recipes)]
+    return {s.lease_id for pool in pools for s in pool.sessions() if not s.lost.is_set()}
 
 
 def is_grpc_internal(task: asyncio.Task[Any]) -> bool:
@@ -121,7 +124,7 @@ def local_leftovers(
     keepalive += len(default_session_leases(client))
     if res.keepalive_leases != keepalive:
         problems.append(f"client keeps {res.keepalive_leases} lease(s) alive, expected {keepalive}")
-    registered = registry_for(client).names
+    registered = client._recipes.queues.names
     idle = lingering_watches(client) if allow_lingering else {}
     busy = sorted(n for n in registered if n not in idle)
     if busy:
@@ -219,15 +222,15 @@ async def acquired(lock: Lock) -> Lock:
     return lock
 
 
-def mutex_of(lock: Lock) -> Mutex:
-    m = lock._mutex
+def mutex_of(lock: Lock) -> Contender:
+    m = lock._last
     assert m is not None, "the lock has no mutex yet"
     return m
 
 
 def is_waiting(lock: Lock) -> bool:
     """The acquire is parked on the queue: its own key exists and it waits for the keys below it."""
-    m = lock._mutex
+    m = lock._last
     return m is not None and m._interest is not None and bool(m._interest.waiting_on)
 
 
@@ -477,7 +480,7 @@ async def test_fifo_and_exactly_one_waiter_woken_per_release(client: Client, ns:
             assert queued[m.key.decode()] == m.token, "a waiter's token is not its key's create_revision"
             assert m.token > holder.token and m.wakeups == 0
         expected_order = sorted(range(n), key=lambda i: mutex_of(locks[i]).token)
-        nw: NameWatch = registry_for(client).names[name]
+        nw: NameWatch = client._recipes.queues.names[name]
         events0 = nw.events
 
         await holder.release()
@@ -489,7 +492,7 @@ async def test_fifo_and_exactly_one_waiter_woken_per_release(client: Client, ns:
             assert mutex_of(locks[i]).wakeups == 1, f"waiter {i} woken {mutex_of(locks[i]).wakeups}x"
             for j in expected_order[turn + 1 :]:
                 assert mutex_of(locks[j]).wakeups == 0, f"waiter {j} woken by release #{turn + 1}"
-            assert registry_for(client).names.get(name) is nw, "the shared queue watcher was replaced"
+            assert client._recipes.queues.names.get(name) is nw, "the shared queue watcher was replaced"
             assert nw.events == events0 + turn + 1, f"{nw.events - events0} deletions for {turn + 1} releases"
             assert len(grants) == turn + 1 and max_active == 1
             release[i].set()
@@ -639,7 +642,7 @@ async def test_cancel_contended_acquire_at_every_point(
         try:
             # The holder's client settles (its queue watcher is created) before the baseline is taken.
             await wait_until(
-                lambda: registry_for(other).names[name].watcher.created.is_set(), 2, "holder's watcher"
+                lambda: other._recipes.queues.names[name].watcher.created.is_set(), 2, "holder's watcher"
             )
             base = await baseline(client)
             holder_key = frozenset({holder.key})
@@ -733,7 +736,7 @@ async def revoke_and_time_loss(client: Client, other: Client, held: Lock) -> tup
     """Revoke held's lease from `other`; (seconds from the revoke call's return until lost fired, a note
     saying why it fired and whether the lock's queue watcher was live on the server at the revoke)."""
     fired = record_loss(held)
-    live = registry_for(client).names[held.name].watcher.created.is_set()
+    live = client._recipes.queues.names[held.name].watcher.created.is_set()
     await other.revoke(held.lease)
     returned = time.monotonic()
     await asyncio.wait_for(held.lost.wait(), 5)
@@ -769,7 +772,7 @@ async def test_revoke_after_holder_settled_fires_lost_within_100ms(
         for _ in range(5):
             async with client.lock(name, timeout=2) as held:
                 await wait_until(
-                    lambda: registry_for(client).names[name].watcher.created.is_set(), 2, "queue watcher"
+                    lambda: client._recipes.queues.names[name].watcher.created.is_set(), 2, "queue watcher"
                 )
                 results.append(await revoke_and_time_loss(client, other, held))
     assert max(lat for lat, _ in results) < 0.1, f"lost fired late after the revoke: {results}"
@@ -783,7 +786,7 @@ async def test_key_deleted_from_outside_fires_lost(
     name = ns + "deleted"
     async with second_client(etcd_endpoints) as other, client.lock(name, timeout=2) as held:
         await wait_until(
-            lambda: registry_for(client).names[name].watcher.created.is_set(), 2, "queue watcher"
+            lambda: client._recipes.queues.names[name].watcher.created.is_set(), 2, "queue watcher"
         )
         fired = record_loss(held)
         r = await other.delete(held.key)

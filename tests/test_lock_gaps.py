@@ -22,7 +22,6 @@ import pytest
 
 from etcdlock import Client, Compare, ConnectionFailedError, EtcdTimeoutError, LockLost, Op
 from etcdlock._core.watch import Watcher
-from etcdlock._recipes.queue import registry_for
 from etcdlock.testing import EtcdCluster, FaultProxy
 from tests.test_lock import acquired
 from tests.waiting import wait_until
@@ -195,7 +194,7 @@ async def test_a_key_created_anew_under_the_same_name_does_not_stand_in_for_the_
         try:
             await wait_until(lambda: waiter_client.resources().watchers == 1, timeout=10, what="the watch")
             await wait_until(
-                lambda: len(registry_for(waiter_client).names[name]._by_key) == 1,
+                lambda: len(waiter_client._recipes.queues.names[name]._by_key) == 1,
                 timeout=10,
                 what="the waiter to wait for the holder's key",
             )

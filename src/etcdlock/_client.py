@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics.debug_server import DebugServer
 from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import DEFAULT_TTL, Session
+from etcdlock._recipes.state import RecipeClient
 from etcdlock._recipes.status import LockStatus, lock_status
 
 
-class Client(CoreClient):
+class Client(RecipeClient):
     """Asyncio etcd client with locks. KV, lease and watch calls are listed with it."""
 
     def lock(

@@ -22,10 +22,9 @@ import tracemalloc
 import urllib.parse
 from collections.abc import Callable
 
-from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics import memory, metrics
 from etcdlock._diagnostics.process import ProcessSnapshot
-from etcdlock._recipes.stats import stats_for
+from etcdlock._recipes.state import RecipeClient
 
 _READ_TIMEOUT = 5.0
 _MAX_REQUEST = 16 * 1024
@@ -36,7 +35,7 @@ class DebugServer:
     """The debug HTTP endpoint of one client (from `client.serve_debug()`): /metrics (Prometheus),
     /debug/memory, /debug/gc, /debug/tasks, /debug/resources. Closes with its client, or with close()."""
 
-    def __init__(self, client: CoreClient, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, client: RecipeClient, host: str = "127.0.0.1", port: int = 0) -> None:
         self._client = client
         self.host = host
         self.port = port
@@ -168,6 +167,6 @@ class DebugServer:
         report = {
             "client": dataclasses.asdict(self._client.resources()),
             "process": dataclasses.asdict(ProcessSnapshot.take()),
-            "locks": dataclasses.asdict(stats_for(self._client)),
+            "locks": dataclasses.asdict(self._client._recipes.stats),
         }
         return "application/json", json.dumps(report, indent=2) + "\n"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics.process import ProcessSnapshot
-from etcdlock._recipes.stats import Histogram, stats_for
+from etcdlock._recipes.state import RecipeClient
+from etcdlock._recipes.stats import Histogram
 
 
 def _histogram(out: list[str], name: str, help_text: str, h: Histogram) -> None:
@@ -27,8 +27,8 @@ def _single(out: list[str], name: str, kind: str, help_text: str, value: float) 
     out.append(f"{full} {value:g}")
 
 
-def render(client: CoreClient) -> str:
-    s = stats_for(client)
+def render(client: RecipeClient) -> str:
+    s = client._recipes.stats
     res = client.resources()
     proc = ProcessSnapshot.take()
     out: list[str] = []

@@ -22,11 +22,11 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics import memory
 from etcdlock._diagnostics.process import ProcessSnapshot
 from etcdlock._recipes.errors import LockTimeout
 from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.state import RecipeClient
 
 MB = 1024 * 1024
 RESOURCES = (
@@ -129,7 +129,7 @@ def judge(samples: list[Sample], config: SoakConfig, growth_sites: list[tuple[st
 
 
 class Soak:
-    def __init__(self, client: CoreClient, config: SoakConfig, metrics_url: str | None) -> None:
+    def __init__(self, client: RecipeClient, config: SoakConfig, metrics_url: str | None) -> None:
         self.client = client
         self.config = config
         self.metrics_url = metrics_url

@@ -1,59 +1,20 @@
 """`async with client.lock(name) as held:` — a lock on NAME as one reusable object, like asyncio.Lock.
 
-The body never runs without the lock: acquire either returns holding it or raises (LockTimeout, LockLost,
-...) with nothing left behind. On the way out the lock is released whatever happened in the body.
-With cancel_on_loss=True the body's task is cancelled the moment the lock is lost, and the `async with`
-raises LockLost instead of CancelledError.
-
-One Lock object can be acquired again after each release, and shared by tasks. Every acquisition is a
-Mutex of its own (its own key, fencing token and `lost`), kept while it is held; the object's properties
-are those of the acquisition held now. Tasks acquiring one object at once take turns in this process first
-(FIFO), so one object never has two acquisitions at a time, not even a lost one whose body is still
-running: `held`, `token`, `ensure_held()` and `release()` can only ever mean that one. (Two Lock objects of
-one name are two contenders in etcd, each with its own key; see session_pool.py.)
+The handle's behaviour (reuse, sharing by tasks, timeouts, cancel_on_loss, default sessions) is
+holdable.py's; the key and the queue are Go's concurrency.Mutex (mutex.py). Two Lock objects of one name
+are two contenders in etcd, each with its own key (see session_pool.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
-
-from etcdlock._core.client import CoreClient
-from etcdlock._core.errors import ConfigError, LeaseNotFoundError
-from etcdlock._core.lease import check_ttl
-from etcdlock._core.txn import Compare, Op
-from etcdlock._core.types import TxnResult
-from etcdlock._recipes.errors import LockLost, LockTimeout, NotAcquiredError
-from etcdlock._recipes.mutex import Mutex, check_lock_timeout, check_name
+from etcdlock._recipes.contender import Contender, QueueSpec
+from etcdlock._recipes.holdable import Holdable
+from etcdlock._recipes.mutex import check_name, queue_spec
 from etcdlock._recipes.session import DEFAULT_TTL, Session
-from etcdlock._recipes.session_pool import pool_for
-from etcdlock._recipes.stats import stats_for
-
-_LOSS_CANCEL_MSG = "etcdlock: lock lost"
-# Default sessions tried by one acquire when etcd says the lease is gone (revoked from outside meanwhile).
-_SESSION_ATTEMPTS = 3
+from etcdlock._recipes.state import RecipeClient
 
 
-@dataclass(eq=False)
-class _Holding:
-    """One acquisition of the lock, from the acquire until its release."""
-
-    mutex: Mutex
-    since: float
-    # client.try_lock()'s holding: the first `async with` on the object takes it over (and releases it on
-    # the way out) instead of acquiring a second time.
-    adoptable: bool = False
-    # The task whose `async with` holds it: its __aexit__ releases it, and cancel_on_loss cancels it.
-    entered_by: asyncio.Task[Any] | None = None
-    cancelled_for_loss: bool = False
-
-
-class Lock:
+class Lock(Holdable):
     """A lock on NAME: ``async with lock:`` or ``await lock.acquire()`` / ``await lock.release()``.
 
     Reusable and shareable like asyncio.Lock: acquire it again after each release, from any task. Tasks
@@ -71,7 +32,7 @@ class Lock:
 
     def __init__(
         self,
-        client: CoreClient,
+        client: RecipeClient,
         name: str,
         *,
         ttl: int = DEFAULT_TTL,
@@ -79,304 +40,18 @@ class Lock:
         session: Session | None = None,
         cancel_on_loss: bool = False,
     ) -> None:
-        self.name = check_name(name)
-        check_lock_timeout(timeout)
-        if session is None:
-            check_ttl(ttl)
-        if session is not None and session.client is not client:
-            raise ConfigError("the session belongs to another client")
-        self._client = client
-        self._ttl = ttl
-        self._timeout = timeout
-        self._session = session
-        self._cancel_on_loss = cancel_on_loss
-        # One acquisition at a time per object: acquirers take this turn first, the release gives it back.
-        self._turn = asyncio.Lock()
-        self._holding: _Holding | None = None
-        self._mutex: Mutex | None = None  # the latest acquisition's, held or not (for tests and diagnosis)
-        self._stats = stats_for(client)
+        super().__init__(
+            client, check_name(name), ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss
+        )
 
-    # ---- the current acquisition ----
+    def _spec(self) -> QueueSpec:
+        return queue_spec("lock", self.name)
 
     @property
-    def mutex(self) -> Mutex:
-        """The current acquisition's Mutex, for the recipes and their tests. Raises NotAcquiredError
+    def mutex(self) -> Contender:
+        """The current acquisition's queue entry, for the recipes and their tests. Raises NotAcquiredError
         while not held. @private"""
-        if self._holding is None:
-            raise NotAcquiredError(
-                f"lock {self.name!r} is not acquired (never acquired, or released): it has no key, token "
-                "or lease now"
-            )
-        return self._holding.mutex
-
-    @property
-    def key(self) -> str:
-        """My lock key, NAME/<lease hex>. Raises NotAcquiredError while not held."""
-        return self.mutex.key.decode()
-
-    @property
-    def token(self) -> int:
-        """The fencing token: my key's create_revision, increasing with every grant of this name. Raises
-        NotAcquiredError while not held."""
-        return self.mutex.token
-
-    @property
-    def lease(self) -> int:
-        """The lease my key is on. Raises NotAcquiredError while not held."""
-        return self.mutex.lease
-
-    @property
-    def lost(self) -> asyncio.Event:
-        """Set once the current acquisition is lost. Raises NotAcquiredError while not held."""
-        return self.mutex.lost
-
-    @property
-    def lost_reason(self) -> str | None:
-        """Why the current acquisition was lost; None while it is not, and while not held."""
-        return self._holding.mutex.lost_reason if self._holding is not None else None
-
-    @property
-    def held(self) -> bool:
-        """Held and not known lost (the body of `async with` may still be running after a loss)."""
-        return self._holding is not None and self.mutex.held and self.mutex.lost_reason is None
-
-    async def ensure_held(self) -> None:
-        """Raise LockLost unless the lock is still mine at this moment (see Mutex.ensure_held);
-        NotAcquiredError if it is not held at all."""
-        await self.mutex.ensure_held()
-
-    def is_owner(self) -> Compare:
-        """A compare that holds only while the current acquisition is mine; put it in your own Txn.
-        Raises NotAcquiredError while not held."""
-        return self.mutex.is_owner()
-
-    async def txn(
-        self,
-        compare: list[Compare],
-        success: list[Op],
-        failure: list[Op] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> TxnResult:
-        """A Txn applied only while the lock is mine (see Mutex.txn): LockLost if it was not applied
-        because the lock is gone, NotAcquiredError while not held."""
-        return await self.mutex.txn(compare, success, failure, timeout=timeout)
-
-    def add_lost_callback(self, fn: Callable[[str], None]) -> None:
-        """fn(reason) runs once if the current acquisition is lost. Raises NotAcquiredError while not
-        held."""
-        self.mutex.add_lost_callback(fn)
-
-    # ---- acquire / release ----
-
-    async def acquire(self, timeout: float | None = None) -> bool:
-        """Wait until the lock is mine.
-
-        timeout: seconds to wait; None: the lock's own (`client.lock(timeout=)`, which by default waits
-        without limit); 0: one attempt, no waiting. Returns True once held, False if the timeout passed
-        first (then nothing was left behind: no key, no session of this attempt). Raises LockLost if the
-        lock is lost while waiting (its key deleted, its session lost), AlreadyHeldError if another Lock
-        holds this name on the given session, ConfigError for a bad timeout, EtcdError if etcd fails."""
-        check_lock_timeout(timeout)
-        try:
-            await self._acquire(self._timeout if timeout is None else timeout)
-        except LockTimeout:
-            return False
-        return True
-
-    async def _try_lock(self) -> bool:
-        """client.try_lock(): one attempt; the first `async with` on the object takes over the holding."""
-        try:
-            holding = await self._acquire(0, try_lock=True)
-        except LockTimeout:
-            return False
-        holding.adoptable = True
-        return True
-
-    async def _acquire(self, timeout: float | None, *, try_lock: bool = False) -> _Holding:
-        """Hold the lock, or raise LockTimeout once `timeout` (whole seconds budget; 0: one attempt) has
-        passed, with nothing left behind."""
-        started = time.monotonic()
-
-        def remaining() -> float | None:
-            # The timeout covers the whole acquire: this object's turn, a session, the wait in the queue.
-            return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-
-        try:
-            await self._take_turn(timeout)
-            try:
-                if timeout == 0:
-                    # One attempt: no deadline on getting a session and asking once, and no waiting.
-                    mutex = await self._take(lambda m: m.try_acquire(), lambda: None, timeout)
-                else:
-                    mutex = await self._take(functools.partial(_wait_in_queue, remaining), remaining, timeout)
-            except BaseException:
-                self._turn.release()
-                raise
-            if mutex is None:
-                self._turn.release()
-                raise LockTimeout(
-                    f"lock {self.name!r} is held (one attempt, timeout=0); nothing was left behind"
-                )
-        except LockTimeout:
-            if try_lock:
-                self._stats.try_lock_busy += 1
-            else:
-                self._stats.timeouts += 1
-            raise
-        return self._hold(mutex, time.monotonic() - started)
-
-    async def _take_turn(self, timeout: float | None) -> None:
-        """This object's turn: tasks sharing it acquire one after the other (FIFO)."""
-        if timeout == 0 and self._turn.locked():
-            raise LockTimeout(
-                f"lock {self.name!r} is held or being acquired through this Lock object (one attempt, "
-                "timeout=0); nothing was left behind"
-            )
-        if timeout is None:
-            await self._turn.acquire()  # free: returns without suspending
-            return
-        # timeout=0 goes through asyncio.timeout too: a free turn returns without suspending, while one
-        # just handed on to a woken waiter (not locked yet, but taken) would make this attempt wait.
-        waiting = asyncio.timeout(timeout)
-        try:
-            async with waiting:
-                await self._turn.acquire()
-        except TimeoutError:
-            if not waiting.expired():
-                raise
-            raise LockTimeout(
-                f"lock {self.name!r} not acquired within {timeout:g}s (another task held or acquired it "
-                "through this Lock object meanwhile); nothing was left behind"
-            ) from None
-
-    async def _take(
-        self,
-        how: Callable[[Mutex], Awaitable[bool]],
-        remaining: Callable[[], float | None],
-        timeout: float | None,
-    ) -> Mutex | None:
-        """The acquisition `how` got (True), or None when it said no (False)."""
-        if self._session is not None:
-            return await self._take_on(self._session, how, claimed=False)
-        attempt = 1
-        while True:
-            session = await self._pooled_session(remaining(), timeout)
-            try:
-                return await self._take_on(session, how, claimed=True)
-            except LeaseNotFoundError:
-                # The client's session was revoked or expired on the server before the client heard of
-                # it: it is lost, for every lock on it, and this lock goes again on a new one.
-                session.keeper.declare_lost("its lease was not found on the server (revoked or expired)")
-                if attempt == _SESSION_ATTEMPTS:
-                    raise
-                attempt += 1
-
-    async def _take_on(
-        self, session: Session, how: Callable[[Mutex], Awaitable[bool]], *, claimed: bool
-    ) -> Mutex | None:
-        mutex = self._mutex = Mutex(session, self.name, claimed=claimed)
-        try:
-            if await how(mutex):
-                return mutex
-        except LockLost:
-            # Raised at the loss, on time: giving back what is left may wait for the network, so it goes
-            # on in the background (shielded, own deadline; the lease's TTL covers what it cannot reach).
-            self._client._spawn_owned(mutex.release(), f"lock-drop:{self.name}")
-            raise
-        except BaseException:
-            await mutex.release()
-            raise
-        await mutex.release()  # (said no: it left no key; this only makes sure)
-        return None
-
-    async def _pooled_session(self, remaining: float | None, timeout: float | None) -> Session:
-        """The client's default session for this TTL, with this lock's name claimed on it."""
-        waiting = asyncio.timeout(remaining)
-        try:
-            async with waiting:
-                return await pool_for(self._client).claim(self.name, self._ttl)
-        except TimeoutError:
-            if not waiting.expired():
-                raise
-            raise LockTimeout(
-                f"lock {self.name!r} not acquired within {timeout:g}s (no session was ready in time); "
-                "nothing was left behind"
-            ) from None
-
-    def _hold(self, mutex: Mutex, waited: float) -> _Holding:
-        holding = self._holding = _Holding(mutex, time.monotonic())
-        self._stats.acquired += 1
-        self._stats.held += 1
-        self._stats.wait.observe(waited)
-        mutex.add_lost_callback(self._count_loss)
-        return holding
-
-    def _count_loss(self, reason: str) -> None:
-        self._stats.lost += 1
-
-    async def release(self) -> None:
-        """Release the current acquisition: its key is deleted if it is still mine. Shielded from
-        cancellation, with its own deadline. Does nothing while not held (idempotent). As with
-        asyncio.Lock, any task may release it, not only the one that acquired it."""
-        if self._holding is not None:
-            await self._release(self._holding)
-
-    async def _release(self, holding: _Holding) -> None:
-        if self._holding is not holding:
-            return  # released already
-        self._holding = None
-        self._stats.held -= 1
-        self._stats.released += 1
-        self._stats.hold.observe(time.monotonic() - holding.since)
-        try:
-            await holding.mutex.release()
-        finally:
-            self._turn.release()
-
-    async def __aenter__(self) -> Lock:
-        """Acquire (LockTimeout after the lock's timeout), or take over client.try_lock()'s holding."""
-        holding = self._holding
-        if holding is not None and holding.adoptable:
-            holding.adoptable = False
-            if holding.mutex.lost_reason is not None:
-                await self._release(holding)
-                raise LockLost(f"lock {self.name!r} lost before its block began: {holding.mutex.lost_reason}")
-        else:
-            holding = await self._acquire(self._timeout)
-        holding.entered_by = asyncio.current_task()
-        if self._cancel_on_loss:
-            holding.mutex.add_lost_callback(functools.partial(self._cancel_body, holding))
-        return self
-
-    @staticmethod
-    def _cancel_body(holding: _Holding, reason: str) -> None:
-        task = holding.entered_by
-        if task is not None and not task.done():
-            holding.cancelled_for_loss = True
-            task.cancel(_LOSS_CANCEL_MSG)
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        task = asyncio.current_task()
-        holding = self._holding
-        if holding is None or holding.entered_by is not task:
-            return  # the body released it already (and another may hold it since): nothing of this block
-        holding.entered_by = None
-        lost_reason = holding.mutex.lost_reason
-        await self._release(holding)
-        loss_cancelled_body = holding.cancelled_for_loss and isinstance(ev, asyncio.CancelledError)
-        if loss_cancelled_body and task is not None and task.uncancel() == 0:
-            raise LockLost(f"lock {self.name!r} lost while the body ran: {lost_reason}") from ev
-
-    def __repr__(self) -> str:
-        return f"<Lock {self.name!r} {self._holding.mutex if self._holding is not None else 'not held'}>"
-
-
-async def _wait_in_queue(remaining: Callable[[], float | None], mutex: Mutex) -> bool:
-    await mutex.acquire(remaining())
-    return True
+        return self.contender
 
 
 __all__ = ["Lock"]

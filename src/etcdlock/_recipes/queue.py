@@ -1,4 +1,5 @@
-"""The lock queue as this client sees it: one watcher per lock name, shared by every local lock of that name.
+"""The queue of a recipe's name as this client sees it: one watcher per name, shared by every local holder
+and waiter of that name (a lock, an election, a semaphore or a read/write lock).
 
 A lock's waiting and its loss detection both come down to "tell me when these keys are deleted":
   * a waiter needs to know when every lock key below its own is gone (then the lock is its own);
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 
 from etcdlock._core.client import CoreClient
@@ -45,7 +45,7 @@ LINGER = 1.0  # seconds a name's watcher outlives its last lock
 class Interest:
     """One local lock's stake in a name: the keys it waits on and its own key."""
 
-    def __init__(self, own_key: bytes, on_own_deleted: Callable[[int], None]) -> None:
+    def __init__(self, own_key: bytes, on_own_deleted: Callable[[int], None], *, slack: int = 0) -> None:
         self.own_key = own_key
         self.on_own_deleted = on_own_deleted
         self.own_revision = 0  # my key's create_revision once known: a resync checks it is still there
@@ -53,7 +53,9 @@ class Interest:
         # name's key is the same string every time a session locks it again, so only a deletion after
         # that revision (or the key absent, or newer, in a resync's read) means the one I wait for is gone.
         self.waiting_on: dict[bytes, int] = {}
-        self.turn = Flag()  # set when waiting_on became empty
+        # How many of them may remain when it is my turn: 0, or a semaphore's limit - 1.
+        self.slack = slack
+        self.turn = Flag()  # set when at most `slack` keys are left in waiting_on
 
 
 class NameWatch:
@@ -167,9 +169,13 @@ class NameWatch:
         interest.waiting_on = pending
         for k in pending:
             self._by_key.setdefault(k, set()).add(interest)
-        if not pending:
+        if len(pending) <= interest.slack:
             interest.turn.set()
         return True
+
+    def unwait(self, interest: Interest) -> None:
+        """Interest holds now: it waits for nothing any more."""
+        self._unwait(interest)
 
     def _unwait(self, interest: Interest) -> None:
         for k in interest.waiting_on:
@@ -273,7 +279,7 @@ class NameWatch:
         """The key interest waited for is gone: one fewer to wait for."""
         del interest.waiting_on[key]
         self._stop_waiting(interest, key)
-        if not interest.waiting_on:
+        if len(interest.waiting_on) == interest.slack:  # exactly once: the deletion that lets it in
             interest.turn.set()
 
     async def close(self) -> None:
@@ -332,11 +338,4 @@ class QueueRegistry:
             await nw.close()
 
 
-_registries: weakref.WeakKeyDictionary[CoreClient, QueueRegistry] = weakref.WeakKeyDictionary()
-
-
-def registry_for(client: CoreClient) -> QueueRegistry:
-    reg = _registries.get(client)
-    if reg is None:
-        reg = _registries[client] = QueueRegistry(client)
-    return reg
+__all__ = ["Interest", "NameWatch", "QueueRegistry"]

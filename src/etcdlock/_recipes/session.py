@@ -15,8 +15,8 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from etcdlock._core.client import CoreClient
 from etcdlock._core.errors import (
     ConfigError,
     ConnectionFailedError,
@@ -30,8 +30,10 @@ from etcdlock._core.lease import KeepAlive, check_ttl
 from etcdlock._core.tasks import shielded
 from etcdlock._core.types import LeaseGrant
 from etcdlock._recipes.errors import AlreadyHeldError, LockLost
-from etcdlock._recipes.stats import stats_for
 from etcdlock._wire import rpc_pb2 as pb
+
+if TYPE_CHECKING:
+    from etcdlock._recipes.state import RecipeClient
 
 log = logging.getLogger("etcdlock.session")
 
@@ -51,7 +53,7 @@ class Session:
     lock on it. A name can be locked only once at a time on one session (`AlreadyHeldError`).
     """
 
-    def __init__(self, client: CoreClient, ttl: int = DEFAULT_TTL) -> None:
+    def __init__(self, client: RecipeClient, ttl: int = DEFAULT_TTL) -> None:
         """Make a session; its lease is granted by `start()` (or ``async with``).
 
         Args:
@@ -78,7 +80,7 @@ class Session:
         """Hook for the client's session pool. @private"""
 
     @property
-    def client(self) -> CoreClient:
+    def client(self) -> RecipeClient:
         """The client the session belongs to."""
         return self._client
 
@@ -273,7 +275,7 @@ class Session:
             pass  # already gone (expired, or revoked by someone else)
         except EtcdError as e:
             # Retried within its deadline and still not through: the lease expires on its own at its TTL.
-            stats_for(self._client).revoke_failures += 1
+            self._client._recipes.stats.revoke_failures += 1
             log.warning("could not revoke lease %x (%s); it expires at its TTL", self.lease_id, e)
 
     @property

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from etcdlock._core.client import CoreClient
 from etcdlock._core.errors import ClientClosedError
 from etcdlock._core.tasks import shielded
 from etcdlock._recipes.session import CLEANUP_TIMEOUT, Session
+
+if TYPE_CHECKING:
+    from etcdlock._recipes.state import RecipeClient
 
 LINGER = 1.0  # seconds an extra session outlives its last lock
 
@@ -41,7 +43,7 @@ class _Start:
 class SessionPool:
     """The default sessions of one client, by TTL."""
 
-    def __init__(self, client: CoreClient, linger: float = LINGER) -> None:
+    def __init__(self, client: RecipeClient, linger: float = LINGER) -> None:
         self._client = client
         self._linger = linger
         self._sessions: dict[int, list[Session]] = {}
@@ -157,19 +159,4 @@ class SessionPool:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
 
-_pools: weakref.WeakKeyDictionary[CoreClient, SessionPool] = weakref.WeakKeyDictionary()
-
-
-def open_pools() -> list[SessionPool]:
-    """The pools of every client of this process still open (for leak checks across clients)."""
-    return [pool for client, pool in list(_pools.items()) if not client.closed]
-
-
-def pool_for(client: CoreClient) -> SessionPool:
-    pool = _pools.get(client)
-    if pool is None:
-        pool = _pools[client] = SessionPool(client)
-    return pool
-
-
-__all__ = ["SessionPool", "open_pools", "pool_for"]
+__all__ = ["SessionPool"]

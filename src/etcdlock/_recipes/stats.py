@@ -1,13 +1,10 @@
-"""Lock statistics of one client, as plain numbers: the diagnostics layer renders them (recipes do not
+"""Recipe statistics of one client, as plain numbers: the diagnostics layer renders them (recipes do not
 depend on diagnostics)."""
 
 from __future__ import annotations
 
 import bisect
-import weakref
 from dataclasses import dataclass, field
-
-from etcdlock._core.client import CoreClient
 
 # Seconds; chosen around hand-off latencies (ms) up to long waits and holds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -41,13 +38,3 @@ class LockStats:
     release_retries: int = 0  # releases that missed their deadline and went on in the background
     wait: Histogram = field(default_factory=Histogram)
     hold: Histogram = field(default_factory=Histogram)
-
-
-_stats: weakref.WeakKeyDictionary[CoreClient, LockStats] = weakref.WeakKeyDictionary()
-
-
-def stats_for(client: CoreClient) -> LockStats:
-    s = _stats.get(client)
-    if s is None:
-        s = _stats[client] = LockStats()
-    return s

@@ -11,10 +11,10 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from etcdlock._core.client import CoreClient
 from etcdlock._core.errors import ConfigError
 from etcdlock._core.types import KeyValue
 from etcdlock._recipes.mutex import check_name, is_lock_key
+from etcdlock._recipes.state import RecipeClient
 
 _LOCK_KEY = re.compile(rb"^(?P<name>.+)/(?P<lease>[0-9a-f]+)$")
 
@@ -39,7 +39,7 @@ class LockStatus:
     revision: int  # the etcd revision the queue was read at
 
 
-async def lock_status(client: CoreClient, name: str, *, timeout: float | None = None) -> LockStatus:
+async def lock_status(client: RecipeClient, name: str, *, timeout: float | None = None) -> LockStatus:
     """The holder and waiters of lock `name` now. `timeout` bounds each call to etcd (the client's
     timeout by default). Raises ConfigError for a bad name, EtcdError if etcd fails."""
     check_name(name)
@@ -67,7 +67,7 @@ class NameScan:
 
 
 async def lock_names(
-    client: CoreClient, prefix: str, *, limit: int | None = None, timeout: float | None = None
+    client: RecipeClient, prefix: str, *, limit: int | None = None, timeout: float | None = None
 ) -> NameScan:
     """The names of the locks with a key under `prefix`, reading at most `limit` keys (None: all).
 
