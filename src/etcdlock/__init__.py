@@ -58,8 +58,18 @@ from etcdlock._core.types import (
 )
 from etcdlock._core.watch import Watcher
 from etcdlock._diagnostics.debug_server import DebugServer
-from etcdlock._recipes.errors import AlreadyHeldError, LockError, LockLost, LockTimeout, NotAcquiredError
+from etcdlock._recipes.election import Election, Leader, Term
+from etcdlock._recipes.errors import (
+    AlreadyHeldError,
+    LimitMismatchError,
+    LockError,
+    LockLost,
+    LockTimeout,
+    NotAcquiredError,
+)
 from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.rwlock import ReadLock, RWLock, WriteLock
+from etcdlock._recipes.semaphore import Semaphore, Slot
 from etcdlock._recipes.session import Session
 from etcdlock._recipes.status import LockHolder, LockStatus
 from etcdlock._sync import SyncClient, SyncDebugServer, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
@@ -79,6 +89,7 @@ __all__ = [
     "ConnectionFailedError",
     "DebugServer",
     "DeleteResult",
+    "Election",
     "EtcdError",
     "EtcdTimeoutError",
     "EventType",
@@ -86,9 +97,11 @@ __all__ = [
     "Header",
     "KeepAlive",
     "KeyValue",
+    "Leader",
     "LeaseGrant",
     "LeaseNotFoundError",
     "LeaseTimeToLive",
+    "LimitMismatchError",
     "Lock",
     "LockError",
     "LockHolder",
@@ -100,9 +113,13 @@ __all__ = [
     "Op",
     "PermissionDeniedError",
     "PutResult",
+    "RWLock",
+    "ReadLock",
     "Resources",
+    "Semaphore",
     "ServerError",
     "Session",
+    "Slot",
     "Status",
     "SyncClient",
     "SyncDebugServer",
@@ -112,10 +129,12 @@ __all__ = [
     "SyncWatch",
     "TLSConfig",
     "TTLBelowMinimumError",
+    "Term",
     "TxnResult",
     "WatchError",
     "WatchEvent",
     "WatchOverflowError",
     "Watcher",
+    "WriteLock",
     "__version__",
 ]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from etcdlock._diagnostics.debug_server import DebugServer
+from etcdlock._recipes.election import Election
 from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.rwlock import RWLock
+from etcdlock._recipes.semaphore import Semaphore
 from etcdlock._recipes.session import DEFAULT_TTL, Session
 from etcdlock._recipes.state import RecipeClient
 from etcdlock._recipes.status import LockStatus, lock_status
@@ -45,6 +48,45 @@ class Client(RecipeClient):
         is held on the given session, EtcdError if etcd fails."""
         lock = Lock(self, name, ttl=ttl, session=session)
         return lock if await lock._try_lock() else None
+
+    def election(self, name: str) -> Election:
+        """The election on `name` (nothing is sent yet): ``async with client.election("svc/leader")
+        .campaign("node-1") as term:`` runs the body while we lead; `leader()` reads the leader, and
+        ``async for leader in election.observe():`` follows it. Wire-compatible with Go's
+        concurrency.Election and `etcdctl elect`. Raises ConfigError for a bad name."""
+        return Election(self, name)
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: Session | None = None,
+        cancel_on_loss: bool = False,
+    ) -> Semaphore:
+        """A semaphore on `name` with `limit` holders at most (nothing is sent yet): ``async with
+        client.semaphore("pool", 4) as slot:``, FIFO, each holder with its own fencing token (`slot.token`).
+        Every user of the name must give the same limit (else LimitMismatchError). Raises ConfigError for
+        a bad name, limit, ttl or timeout."""
+        return Semaphore(
+            self, name, limit, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss
+        )
+
+    def rwlock(
+        self,
+        name: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: Session | None = None,
+    ) -> RWLock:
+        """A read/write lock on `name` (nothing is sent yet): ``async with rw.read():`` shared, ``async with
+        rw.write():`` exclusive; queue order decides, so writers are not starved by readers.
+        Wire-compatible with etcd's contrib/recipes RWMutex. Raises ConfigError for a bad name, ttl or
+        timeout."""
+        return RWLock(self, name, ttl=ttl, timeout=timeout, session=session)
 
     async def lock_status(self, name: str, *, timeout: float | None = None) -> LockStatus:
         """Who holds lock `name` and who waits for it, as etcd says now (keys of any client, of Go's

@@ -37,3 +37,8 @@ class AlreadyHeldError(LockError, ConfigError):
 class NotAcquiredError(LockError, RuntimeError):
     """The Lock object holds nothing right now (never acquired, or released): there is no key, token or
     lease to report. Not a loss: a lost lock keeps its key and token until it is released."""
+
+
+class LimitMismatchError(LockError):
+    """A semaphore's holders or waiters use another limit than this one: every user of a semaphore name
+    must agree on its limit. Raised by the acquire that meets such a key; its own key was taken back."""

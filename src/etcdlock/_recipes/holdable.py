@@ -95,6 +95,7 @@ class Holdable:
         self._turn = asyncio.Lock()
         self._holding: _Holding | None = None
         self._last: Contender | None = None  # the latest acquisition's, held or not (tests, diagnosis)
+        self._spec_cache: QueueSpec | None = None  # what _spec() said; cleared when it would say otherwise
         self._stats = client._recipes.stats
 
     # ---- what the subclass says ----
@@ -107,9 +108,11 @@ class Holdable:
     def _what(self) -> str:
         return self._spec_now.what
 
-    @functools.cached_property
+    @property
     def _spec_now(self) -> QueueSpec:
-        return self._spec()
+        if self._spec_cache is None:
+            self._spec_cache = self._spec()
+        return self._spec_cache
 
     # ---- the current acquisition ----
 
