@@ -38,7 +38,9 @@ def _check_limits(name: str, limit: int, kvs: Sequence[AnyKeyValue]) -> None:
         if kv.value != mine:
             key = kv.key.decode(errors="replace")
             theirs = (
-                f"limit {kv.value.decode()}" if kv.value.isdigit() else f"value {kv.value!r} (not a semaphore's)"
+                f"limit {kv.value.decode()}"
+                if kv.value.isdigit()
+                else f"value {kv.value!r} (not a semaphore's)"
             )
             raise LimitMismatchError(
                 f"semaphore {name!r}: key {key} has {theirs}, this one limit {limit}: every user of a "
