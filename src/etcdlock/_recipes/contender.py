@@ -345,8 +345,10 @@ class Contender:
         return my_rev, below
 
     def _check(self, kvs: Sequence[AnyKeyValue]) -> None:
+        """Let the spec check the keys read that belong to this queue (not those of nested names)."""
         if self.spec.check is not None:
-            self.spec.check(kvs)
+            is_blocker = self.spec.is_blocker
+            self.spec.check([kv for kv in kvs if is_blocker(kv.key)])
 
     def _page(self, read_revision: int, kvs: Sequence[AnyKeyValue], my_rev: int, *, more: bool) -> _Below:
         """A page of keys just below mine (descending create revision, all keys under the prefix)."""
