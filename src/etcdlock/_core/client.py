@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, Unpack
 
+from etcdlock._core import fork
 from etcdlock._core.batch import TxnBatcher
 from etcdlock._core.connection import Connection, TLSConfig
 from etcdlock._core.errors import EtcdError
@@ -204,6 +205,8 @@ class CoreClient:
         if self._closed:
             return
         self._closed = True
+        if fork.forked_since(self._conn.born):
+            return  # inherited across fork(): nothing of it can run here (its loop, gRPC); see fork.py
         await asyncio.shield(self._close())
 
     def _add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from etcdlock._core import fork
 from etcdlock._core.errors import (
     AuthError,
     ClientClosedError,
@@ -234,6 +235,7 @@ class Connection:
         self._closed = False
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.throttled = 0  # calls etcd refused with "too many requests", retried
+        self.born = fork.generation()  # a forked child must not touch the channels (see fork.py)
 
     # ---- endpoint choice ----
 
@@ -263,8 +265,12 @@ class Connection:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         if self._closed:
             raise ClientClosedError("the etcdlock client is closed")
+        fork.check_same_process(self.born)
         ch = self._channels.get(endpoint)
         if ch is None:
+            fork.check_can_connect()
+            if not self._channels:
+                fork.channels_opened()
             if self._credentials is not None:
                 ch = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
             else:
@@ -273,6 +279,7 @@ class Connection:
         return ch
 
     def _unary_callable(self, endpoint: str, method: Method[Any, Any]) -> Any:
+        fork.check_same_process(self.born)
         key = (endpoint, method.path)
         fn = self._callables.get(key)
         if fn is None:
@@ -457,6 +464,10 @@ class Connection:
         channels = list(self._channels.values())
         self._channels.clear()
         self._callables.clear()
+        if fork.forked_since(self.born):
+            return  # a forked child: closing the parent's channels here would hang in gRPC
+        if channels:
+            fork.channels_closed(self.born)
         for ch in channels:
             await ch.close()
 

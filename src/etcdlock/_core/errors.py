@@ -134,3 +134,10 @@ class ServerError(EtcdError):
         super().__init__(message)
         self.code = code
         """The gRPC status code's name, e.g. ``"FAILED_PRECONDITION"`` or ``"RESOURCE_EXHAUSTED"``."""
+
+
+class ForkError(EtcdError):
+    """A client was used in a process forked from the one that made it, or made in a child forked while
+    its parent had a client talking to etcd. gRPC's event engine does not survive fork(): such a call
+    would hang. Make clients after the fork in processes whose parent had none open, or start workers
+    with the "spawn" method (see the README's "Processes and fork")."""

@@ -124,7 +124,7 @@ class SyncClient:
             return
         self._closed = True
         try:
-            self._portal.call(self._client.close())
+            self._portal.call_unless_closed(self._client.close())
         finally:
             self._portal.stop()
 

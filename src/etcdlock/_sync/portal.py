@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
+from etcdlock._core import fork
 from etcdlock._core.errors import ClientClosedError
 
 T = TypeVar("T")
@@ -80,6 +81,8 @@ class Portal:
     """Owns an event loop on a thread of its own and runs coroutines there for other threads."""
 
     def __init__(self, thread_name: str = "etcdlock-loop") -> None:
+        # In a forked child the loop's thread does not exist: a call would wait for it forever.
+        self._born = fork.generation()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=thread_name, daemon=True)
         self._thread.start()
@@ -110,6 +113,9 @@ class Portal:
         Raises RuntimeError when called from the loop thread itself (it would wait for itself), and
         ClientClosedError once the portal is stopped.
         """
+        if fork.forked_since(self._born):
+            coro.close()
+            fork.check_same_process(self._born, "this SyncClient")
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError(
@@ -152,6 +158,9 @@ class Portal:
         """call(coro) for cleanup that the loop's end makes moot (release, cancel, close): once the portal
         is stopped it does nothing, as the async twin's cleanup finds nothing left to do after the client's
         close()."""
+        if fork.forked_since(self._born):
+            coro.close()  # a forked child: the loop is the parent's; nothing of it is left to clean up
+            return
         try:
             self.call(coro)
         except ClientClosedError:
@@ -169,7 +178,7 @@ class Portal:
     def call_soon(self, fn: Callable[[], object]) -> None:
         """Have the loop run `fn` soon, without waiting; nothing happens once the portal is stopped.
         Safe from any thread, the loop thread and finalizers included."""
-        if not self._stopped:
+        if not self._stopped and not fork.forked_since(self._born):
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._loop.call_soon_threadsafe(fn)
 
@@ -185,6 +194,8 @@ class Portal:
             if self._stopped:
                 return
             self._stopped = True
+        if fork.forked_since(self._born):
+            return  # a forked child: the loop's thread is not here, and the loop is the parent's
         if self._loop.is_running():
             # As asyncio.run does: whatever is still pending on our loop (grpc keeps small internal tasks
             # per call) is cancelled and awaited, so nothing is destroyed while pending.
