@@ -32,8 +32,9 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from etcdlock._core.errors import ConfigError, EtcdError
+from etcdlock._core.errors import AuthError, ConfigError, EtcdError, PermissionDeniedError, ServerError
 from etcdlock._core.tasks import backoff, shielded
+from etcdlock._core.text import quoted, shorten
 from etcdlock._core.txn import Compare, Op, txn_request
 from etcdlock._core.types import GetResult, KeyValue, TxnResult
 from etcdlock._recipes.errors import LockLost, LockTimeout
@@ -53,6 +54,10 @@ T = TypeVar("T")
 _PAGE = 16
 
 AnyKeyValue = KeyValue | kv_pb2.KeyValue
+
+# gRPC codes with which etcd refuses a request before applying any of it (not RESOURCE_EXHAUSTED: a reply
+# too large for the client comes with that code after the Txn was applied).
+_REFUSED_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,7 @@ class QueueSpec:
 
     @property
     def what(self) -> str:
-        return f"{self.kind} {self.name!r}"
+        return f"{self.kind} {quoted(self.name)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +127,19 @@ class Contender:
         self._held = False
         # The slot is ours on this session: only then is there anything to clean up.
         self._claimed = claimed
+        # Whether my key may exist in etcd: not before the acquire Txn went out, nor after etcd refused it
+        # (permission denied, request too large): then there is nothing to delete, and nothing to warn of.
+        self._maybe_written = False
         self._queue: NameWatch | None = None
         self._interest: Interest | None = None
         self._lost_callbacks: list[Callable[[str], None]] = []
         self._acquiring: asyncio.Task[Any] | None = None  # the task acquiring, interrupted by a loss
         self._interrupted = False
+
+    @property
+    def key_text(self) -> str:
+        """My key as text for messages (a long one shortened)."""
+        return shorten(self.key.decode(errors="replace"))
 
     @property
     def client(self) -> RecipeClient:
@@ -153,7 +166,7 @@ class Contender:
         if not self._held or self.lost_reason is not None:
             raise LockLost(self._lost_message() if self.lost_reason else f"{self.spec.what} is not held")
         if self._queue is not None and self._queue.in_doubt:
-            await self._confirm_key(f"key {self.key.decode()} is gone from etcd")
+            await self._confirm_key(f"key {self.key_text} is gone from etcd")
             self.session.keeper.check()  # the read may have taken us past the deadline
             if self.lost_reason is not None:
                 raise LockLost(self._lost_message())
@@ -189,7 +202,7 @@ class Contender:
         *responses, own = r.responses
         assert isinstance(own, GetResult)
         if not own.kvs or own.kvs[0].create_revision != self.token:
-            self._mark_lost(f"key {self.key.decode()} was gone at revision {r.header.revision}")
+            self._mark_lost(f"key {self.key_text} was gone at revision {r.header.revision}")
             raise LockLost(self._lost_message())
         return dataclasses.replace(r, responses=responses)
 
@@ -321,7 +334,13 @@ class Contender:
 
     async def _create_key(self) -> tuple[int, _Below]:
         """The acquire Txn. Returns my revision and the blocking keys just below mine."""
-        r = await self.client._txn_batched(self._acquire_request(), self.prefix, self.key)
+        self._maybe_written = True
+        try:
+            r = await self.client._txn_batched(self._acquire_request(), self.prefix, self.key)
+        except (PermissionDeniedError, AuthError, ConfigError, ServerError) as e:
+            if not isinstance(e, ServerError) or e.code in _REFUSED_CODES:
+                self._maybe_written = False  # refused as a whole: the Txn was not applied
+            raise
         if r.succeeded:
             my_rev = r.header.revision
             top = r.responses[1].response_range
@@ -367,7 +386,7 @@ class Contender:
         if self._queue.in_doubt:
             watched_from = await self._queue.live()
         if watched_from > my_rev:
-            await self._confirm_key(f"key {self.key.decode()} vanished right after it was created")
+            await self._confirm_key(f"key {self.key_text} vanished right after it was created")
 
     async def _confirm_key(self, reason: str) -> None:
         """Read my key (linearizable): LockLost unless it is still there with my revision."""
@@ -414,7 +433,7 @@ class Contender:
         page, mine = r.responses
         assert isinstance(page, GetResult) and isinstance(mine, GetResult)
         if not mine.kvs or mine.kvs[0].create_revision != my_rev:
-            self._mark_lost(f"key {self.key.decode()} vanished while waiting (lease expired or deleted)")
+            self._mark_lost(f"key {self.key_text} vanished while waiting (lease expired or deleted)")
             raise LockLost(self._lost_message())
         self._check(page.kvs)
         below = self._page(r.header.revision, page.kvs, my_rev, more=page.more)
@@ -443,7 +462,7 @@ class Contender:
     def _own_key_deleted(self, revision: int) -> None:
         # Deletions of an earlier incarnation of the same key (a previous hold on this session) predate it.
         if self.token and revision > self.token:
-            self._mark_lost(f"key {self.key.decode()} was deleted at revision {revision}")
+            self._mark_lost(f"key {self.key_text} was deleted at revision {revision}")
 
     def _on_session_lost(self, reason: str) -> None:
         self._mark_lost(f"session lease {self.lease:x} lost: {reason}")
@@ -485,7 +504,7 @@ class Contender:
             return  # never claimed (e.g. AlreadyHeldError): the key, if any, is somebody else's
         self._claimed = False
         self._leave_queue()
-        if not delete_key:
+        if not delete_key or not self._maybe_written:
             self.session.unclaim(self.spec.slot)
             return
         try:
@@ -498,13 +517,11 @@ class Contender:
                 # queue would wait behind it for good. Keep at it in the background until it lands (the
                 # delete is guarded, safe to repeat) or the session ends; the slot stays ours until then.
                 stats.release_retries += 1
-                log.warning("could not delete key %s yet (%s); retrying", self.key.decode(), e)
+                log.warning("could not delete key %s yet (%s); retrying", self.key_text, e)
                 self.client._spawn_owned(self._delete_until_done(), f"recipe-release:{self.name}")
                 return
             stats.release_failures += 1
-            log.warning(
-                "could not delete key %s (%s); it goes with lease %x", self.key.decode(), e, self.lease
-            )
+            log.warning("could not delete key %s (%s); it goes with lease %x", self.key_text, e, self.lease)
         self.session.unclaim(self.spec.slot)
 
     async def _delete_key(self, timeout: float) -> None:
@@ -531,7 +548,7 @@ class Contender:
                     return
                 except EtcdError as e:
                     failures += 1
-                    log.info("key %s still not deleted (%s); retrying", self.key.decode(), e)
+                    log.info("key %s still not deleted (%s); retrying", self.key_text, e)
                     await asyncio.sleep(backoff(failures))
         finally:
             self.session.unclaim(self.spec.slot)
@@ -547,7 +564,7 @@ class Contender:
 
     def __repr__(self) -> str:
         state = "held" if self._held else "lost" if self.lost_reason else "not held"
-        return f"<{type(self).__name__} {self.spec.what} key={self.key.decode()} token={self.token} {state}>"
+        return f"<{type(self).__name__} {self.spec.what} key={self.key_text} token={self.token} {state}>"
 
 
 __all__ = ["Contender", "QueueSpec", "check_timeout"]

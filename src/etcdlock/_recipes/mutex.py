@@ -13,10 +13,14 @@ import functools
 import re
 
 from etcdlock._core.errors import ConfigError
+from etcdlock._core.text import quoted
 from etcdlock._recipes.contender import Contender, QueueSpec, check_timeout
 from etcdlock._recipes.session import Session
 
 _LOCK_KEY_SUFFIX = re.compile(rb"[0-9a-f]+")
+# The longest name accepted (bytes, UTF-8). A page of a queue's keys (17 of them) must fit in one gRPC
+# reply (2 MiB by default), and the acquire Txn (the name five times) in one etcd request (1.5 MiB).
+MAX_NAME_BYTES = 64 * 1024
 
 
 def check_name(name: object, kind: str = "lock") -> str:
@@ -25,9 +29,16 @@ def check_name(name: object, kind: str = "lock") -> str:
     if not name or not name.strip():
         raise ConfigError(f"{kind} name must not be empty")
     if name.endswith("/"):
-        raise ConfigError(f"{kind} name {name!r} must not end with '/': its keys are NAME/<lease hex>")
+        raise ConfigError(f"{kind} name {quoted(name)} must not end with '/': its keys are NAME/<lease hex>")
     if "\x00" in name:
-        raise ConfigError(f"{kind} name {name!r} must not contain NUL")
+        raise ConfigError(f"{kind} name {quoted(name)} must not contain NUL")
+    size = len(name.encode(errors="surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{kind} name {quoted(name)} is {size:,} bytes; names can be up to {MAX_NAME_BYTES:,} bytes "
+            "(UTF-8): a lock's requests and replies carry its name many times, and etcd refuses requests "
+            "over 1.5 MiB by default (gRPC replies over 2 MiB)"
+        )
     return name
 
 

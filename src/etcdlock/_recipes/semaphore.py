@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from etcdlock._core.errors import ConfigError
+from etcdlock._core.text import quoted, shorten
 from etcdlock._recipes.contender import AnyKeyValue, QueueSpec, check_timeout
 from etcdlock._recipes.errors import LimitMismatchError
 from etcdlock._recipes.holdable import Holdable
@@ -36,14 +37,14 @@ def _check_limits(name: str, limit: int, kvs: Sequence[AnyKeyValue]) -> None:
     mine = str(limit).encode()
     for kv in kvs:
         if kv.value != mine:
-            key = kv.key.decode(errors="replace")
+            key = shorten(kv.key.decode(errors="replace"))
             theirs = (
                 f"limit {kv.value.decode()}"
                 if kv.value.isdigit()
                 else f"value {kv.value!r} (not a semaphore's)"
             )
             raise LimitMismatchError(
-                f"semaphore {name!r}: key {key} has {theirs}, this one limit {limit}: every user of a "
+                f"semaphore {quoted(name)}: key {key} has {theirs}, this one limit {limit}: every user of a "
                 "semaphore must give the same limit"
             )
 

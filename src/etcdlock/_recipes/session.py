@@ -28,6 +28,7 @@ from etcdlock._core.errors import (
 )
 from etcdlock._core.lease import KeepAlive, check_ttl
 from etcdlock._core.tasks import shielded
+from etcdlock._core.text import quoted
 from etcdlock._core.types import LeaseGrant
 from etcdlock._recipes.errors import AlreadyHeldError, LockLost
 from etcdlock._wire import rpc_pb2 as pb
@@ -95,7 +96,7 @@ class Session:
             raise LockLost(f"session lease {self.lease_id:x} is gone ({self.lost_reason or 'closed'})")
         if name in self._names:
             raise AlreadyHeldError(
-                f"lock {name!r} is already held or being acquired on this session (lease "
+                f"lock {quoted(name)} is already held or being acquired on this session (lease "
                 f"{self.lease_id:x}); etcd locks are not reentrant"
             )
         self._names.add(name)
