@@ -573,3 +573,42 @@ async def test_etcd_client_through_a_proxy_to_nowhere_fails_to_connect(dead_endp
             timeout=IO_TIMEOUT,
             what="every dial failed upstream",
         )
+
+
+def test_delayed_fin_to_a_peer_already_gone_is_not_an_unhandled_error() -> None:
+    """Delay mode: the FIN is written when its delay is over; if the peer's socket is no longer connected
+    by then (ENOTCONN from shutdown), the flow stops quietly instead of raising in the timer callback."""
+    from etcdlock.testing.proxy import _Flow
+
+    class GoneTransport:
+        def is_closing(self) -> bool:
+            return False
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            raise OSError(107, "Transport endpoint is not connected")
+
+    class Proxy:
+        def loop_time(self) -> float:
+            return 10.0
+
+    class Conn:
+        closing = False
+        tainted = False
+        proxy = Proxy()
+        checked = 0
+
+        def check_both_eof(self) -> None:
+            self.checked += 1
+
+    class Side:
+        transport = GoneTransport()
+
+    conn = Conn()
+    flow = _Flow(conn)  # type: ignore[arg-type]
+    flow.dst = Side()  # type: ignore[assignment]
+    flow.queue.append((0.0, None))
+    flow.pump()  # raised OSError before the fix
+    assert flow.eof_sent and not flow.queue and flow.timer is None

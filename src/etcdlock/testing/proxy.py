@@ -175,7 +175,13 @@ class _Flow:
             if data is None:
                 self.eof_sent = True
                 if dst.can_write_eof():
-                    dst.write_eof()
+                    try:
+                        dst.write_eof()
+                    except OSError:
+                        # The peer went away while the FIN waited out its delay (ENOTCONN): the socket is
+                        # done, and its connection_lost ends this connection; nothing left to forward.
+                        self.drop()
+                        return
                 self.conn.check_both_eof()
                 if self.conn.closing:
                     return
