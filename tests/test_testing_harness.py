@@ -26,7 +26,9 @@ from etcdlock.testing import (
     find_etcdctl_binary,
     parse_prometheus_text,
 )
-from etcdlock.testing import etcd as etcd_module
+from etcdlock.testing import binaries as binaries_module
+from etcdlock.testing import cluster as cluster_module
+from etcdlock.testing import ports as ports_module
 
 pytest_plugins = ["etcdlock.testing.pytest_plugin"]
 
@@ -91,7 +93,7 @@ def test_find_etcd_binary_missing_env_target(monkeypatch: pytest.MonkeyPatch, tm
 def test_find_etcd_binary_nothing_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ETCDLOCK_ETCD_BINARY", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(etcd_module, "_is_executable_file", lambda path: False)
+    monkeypatch.setattr(binaries_module, "_is_executable_file", lambda path: False)
     with pytest.raises(EtcdNotInstalledError, match="apt-get install etcd-server etcd-client"):
         find_etcd_binary()
 
@@ -338,7 +340,7 @@ def test_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> Non
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real_free_ports = etcd_module._free_ports
+        real_free_ports = ports_module.free_ports
         calls: list[list[int]] = []
 
         def free_ports(n: int, exclude: Iterable[int] = ()) -> list[int]:
@@ -348,7 +350,7 @@ def test_port_taken_meanwhile_is_retried(monkeypatch: pytest.MonkeyPatch) -> Non
             calls.append(ports)
             return ports
 
-        monkeypatch.setattr(etcd_module, "_free_ports", free_ports)
+        monkeypatch.setattr(cluster_module, "free_ports", free_ports)
         with EtcdCluster(1) as cluster:
             assert len(calls) == 2
             assert taken not in (cluster.members[0].client_port, cluster.members[0].peer_port)

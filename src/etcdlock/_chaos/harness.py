@@ -21,7 +21,7 @@ from pathlib import Path
 
 from etcdlock._chaos.worker import WorkerConfig
 from etcdlock.testing import EtcdCluster, EtcdMember, FaultProxy
-from etcdlock.testing.etcd import spawn_child
+from etcdlock.testing.spawn import spawn_child
 
 
 class WorkerProcess:

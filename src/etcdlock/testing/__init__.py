@@ -6,21 +6,13 @@ Independent of the rest of :mod:`etcdlock`: stdlib only.  pytest fixtures live i
 package does not require pytest.
 """
 
-from etcdlock.testing.etcd import (
-    INSTALL_HINT,
-    EtcdCluster,
-    EtcdMember,
-    EtcdNotInstalledError,
-    EtcdProcessError,
-    EtcdStartError,
-    EtcdWaitTimeout,
-    ServerTLS,
-    find_etcd_binary,
-    find_etcdctl_binary,
-    free_port,
-    parse_prometheus_text,
-)
+from etcdlock.testing.binaries import INSTALL_HINT, find_etcd_binary, find_etcdctl_binary
+from etcdlock.testing.cluster import EtcdCluster
+from etcdlock.testing.errors import EtcdNotInstalledError, EtcdProcessError, EtcdStartError, EtcdWaitTimeout
+from etcdlock.testing.member import EtcdMember, ServerTLS
 from etcdlock.testing.peers import PeerRouter
+from etcdlock.testing.ports import free_port
+from etcdlock.testing.prometheus import parse_prometheus_text
 from etcdlock.testing.proxy import FaultProxy
 
 __all__ = [

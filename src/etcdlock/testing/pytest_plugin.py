@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from etcdlock.testing.etcd import EtcdCluster
+from etcdlock.testing.cluster import EtcdCluster
 
 __all__ = ["etcd", "etcd_cluster3", "etcd_endpoints", "etcd_fresh"]
 
