@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import time
@@ -91,6 +92,10 @@ def test_tls_flags_win_over_variables(
     assert "cannot read TLS" in r.stderr and "'/nonexistent/" in r.stderr, r.stderr
 
 
+# A log line of gRPC's C core, e.g. "E1201 17:26:07.417299    7183 ssl_transport_security_utils.cc:115] ...".
+GRPC_LOG_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w./-]+:\d+\]", re.MULTILINE)
+
+
 def test_without_cacert_the_error_says_the_certificate_was_not_verified(
     tls_etcd: EtcdCluster, certs: CertificateSet, tls_client: SyncClient, ns: str
 ) -> None:
@@ -101,6 +106,7 @@ def test_without_cacert_the_error_says_the_certificate_was_not_verified(
     assert time.monotonic() - t0 < 20
     for part in ("could not be verified (wrong CA?)", "no --cacert given", tls_etcd.endpoints[0]):
         assert part in r.stderr, r.stderr
+    assert not GRPC_LOG_LINE.search(r.stderr), f"gRPC's own log lines on stderr:\n{r.stderr}"
     assert tls_client.get(ns, prefix=True).count == 0
 
 
@@ -110,7 +116,18 @@ def test_without_a_client_certificate_the_error_says_so(
     r = run_cli("lock", ns + "job", "--cacert", certs.ca_file, "--", "true", endpoints=tls_etcd.endpoints)
     assert r.returncode == EXIT_ERROR
     assert "no --cert/--key given: give them if etcd asks for a client certificate" in r.stderr, r.stderr
+    assert not GRPC_LOG_LINE.search(r.stderr), f"gRPC's own log lines on stderr:\n{r.stderr}"
     assert tls_client.get(ns, prefix=True).count == 0
+
+
+def test_grpc_logging_shows_when_asked_for(tls_etcd: EtcdCluster, certs: CertificateSet) -> None:
+    """GRPC_VERBOSITY set by the user wins: its log lines are there to debug TLS."""
+    env = {**cli_env(tls_etcd.endpoints), "GRPC_VERBOSITY": "INFO"}
+    r = run_cli(
+        "lock", "job", "--cacert", certs.ca_file, "--timeout", "2", "--", "true", endpoints=None, env=env
+    )
+    assert r.returncode == EXIT_ERROR
+    assert GRPC_LOG_LINE.search(r.stderr), r.stderr
 
 
 def test_plain_text_against_tls_says_to_give_tls_options(

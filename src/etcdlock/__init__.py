@@ -22,6 +22,11 @@ Everything importable from here is the public API; the packages whose names star
 are not.
 """
 
+# Before anything imports grpc (it reads its log settings once, on import): see _grpc_logging.py.
+from etcdlock._grpc_logging import quiet_grpc_for_the_command_line
+
+quiet_grpc_for_the_command_line()
+
 from etcdlock._client import Client
 from etcdlock._core.client import Resources
 from etcdlock._core.connection import TLSConfig
