@@ -149,7 +149,7 @@ async def test_watch_with_the_wrong_ca_delivers_nothing_and_logs_why(
 
 async def test_plaintext_client_against_tls_server_fails_clearly(tls_etcd: EtcdCluster) -> None:
     c = Client(tls_etcd.endpoints, timeout=1.5)
-    with pytest.raises(ConnectionFailedError):
+    with pytest.raises(ConnectionFailedError, match=r"closed the plain-text connection \(if etcd serves TLS"):
         async with c:
             pass
 

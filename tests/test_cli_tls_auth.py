@@ -200,6 +200,7 @@ def test_no_user_on_an_auth_server_says_to_give_one(
     r = run_cli("lock", ns + "job", "--", "true", endpoints=auth_etcd.endpoints)
     assert r.returncode == EXIT_ERROR
     assert "give --user USER[:PASSWORD], or set ETCDCTL_USER" in r.stderr, r.stderr
+    assert "username=" not in r.stderr, f"the API's argument names on the command line: {r.stderr}"
     assert root_client.get(ns, prefix=True).count == 0
 
 

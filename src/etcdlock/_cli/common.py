@@ -8,7 +8,7 @@ import contextlib
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -101,6 +101,19 @@ class Connection:
         if not chosen:
             raise ConfigError("no endpoints to connect to")
         return Client(chosen, username=self.username, password=self.password, tls=self.tls)
+
+    @contextlib.asynccontextmanager
+    async def connected(
+        self, wait: float | None = None, endpoints: Sequence[str] | None = None
+    ) -> AsyncIterator[Client]:
+        """A client that has reached etcd, closed on the way out; the connection is waited for at most
+        `wait` seconds (None: the client's own timeout)."""
+        client = self.client(endpoints)
+        try:
+            await client.connect(timeout=wait)
+            yield client
+        finally:
+            await client.close()
 
     @property
     def plain_text(self) -> bool:
@@ -217,10 +230,23 @@ def _credentials(
     return name, prompt(f"Password for etcd user {name}: ")
 
 
+# The library's advice names its API arguments; on the command line the flags are what to give.
+_API_TO_FLAGS = (
+    ("pass username= and password=", "give --user USER[:PASSWORD], or set ETCDCTL_USER"),
+    ("tls=TLSConfig(...) or an https:// endpoint", "--cacert FILE or an https:// endpoint"),
+    ("username/password given", "--user given"),
+)
+
+
 def error_text(err: Exception, conn: Connection | None) -> str:
-    """err's message, and what to try when an option not given may explain it."""
+    """err's message (in the command line's words), and what to try when an option not given explains it."""
+    text = str(err)
+    for api, flags in _API_TO_FLAGS:
+        text = text.replace(api, flags)
     hint = _hint(err, conn) if conn is not None else None
-    return f"{err}\n  ({hint})" if hint else str(err)
+    if hint and hint in text:
+        hint = None  # the message says it already
+    return f"{text}\n  ({hint})" if hint else text
 
 
 def _hint(err: Exception, conn: Connection) -> str | None:

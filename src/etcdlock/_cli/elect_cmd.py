@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         environment=_environment,
         announce=_announce,
         announce_with_command=True,  # etcdctl prints once elected; the command's output follows
+        timeout=args.timeout,
     )
     return asyncio.run(run_holding(hold, conn, args.command, args.kill_after))
 

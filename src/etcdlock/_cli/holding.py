@@ -94,6 +94,8 @@ class Hold(Generic[H]):
     announce: Callable[[H], None]
     """Prints that it is held: without a command, or before it with announce_with_command."""
     announce_with_command: bool = False
+    timeout: float | None = None
+    """--timeout: the whole wait, the connection to etcd included (None: no limit; 0: one attempt)."""
 
 
 class StopSignals:
@@ -133,11 +135,14 @@ async def first(*aws: Awaitable[Any]) -> None:
 async def run_holding(hold: Hold[H], conn: Connection, command: list[str], kill_after: float) -> int:
     """Hold until a stop signal, or run `command` holding; the process's exit status."""
     # Before connecting: from here on no stop signal can kill etcdlock behind the hold's back.
-    stop = StopSignals(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    stop = StopSignals(loop)
+    deadline = None if not hold.timeout else loop.time() + hold.timeout
     try:
-        async with conn.client() as client:
+        # The connection is waited for within --timeout too (not the client's own 5 s).
+        async with conn.connected(wait=hold.timeout or None) as client:
             handle = hold.make(client)
-            if not await _acquire_unless_stopped(handle, hold, stop):
+            if not await _acquire_unless_stopped(handle, hold, stop, deadline):
                 return stop.exit_status
             try:
                 if command:
@@ -158,10 +163,17 @@ async def run_holding(hold: Hold[H], conn: Connection, command: list[str], kill_
         return report_error(e, conn)
 
 
-async def _acquire_unless_stopped(handle: H, hold: Hold[H], stop: StopSignals) -> bool:
+async def _acquire_unless_stopped(
+    handle: H, hold: Hold[H], stop: StopSignals, deadline: float | None
+) -> bool:
     """True once acquired; False if a stop signal came first (the request withdrawn, no key left).
-    Raises LockTimeout after the handle's timeout."""
-    acquire = asyncio.ensure_future(handle.acquire())
+    Raises LockTimeout after the handle's timeout, or at `deadline` (loop time) if one is given."""
+    remaining = None
+    if deadline is not None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:  # connecting used up --timeout
+            raise LockTimeout(hold.not_acquired)
+    acquire = asyncio.ensure_future(handle.acquire(remaining))
     await first(asyncio.shield(acquire), stop.wait())
     if not stop.event.is_set():
         if not await acquire:  # or its error (etcd down ...)

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         lost="lock lost",
         environment=_environment,
         announce=_announce,
+        timeout=args.timeout,
     )
     return asyncio.run(run_holding(hold, conn, args.command, args.kill_after))
 

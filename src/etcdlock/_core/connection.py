@@ -54,6 +54,9 @@ MAX_IN_FLIGHT = 256
 
 # gRPC's texts for a failed TLS set-up (they arrive inside an UNAVAILABLE error), each with what it most
 # likely means. The first match wins.
+# What gRPC says when a TLS server closes a plain-text connection (it sends no error a client can read).
+_PLAIN_TEXT_DROPPED = "Socket closed"
+
 _TLS_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("Hostname Verification Check failed",),
@@ -161,6 +164,12 @@ def parse_endpoint(endpoint: str) -> tuple[str, bool]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"endpoint {endpoint!r} is not of the form host:port (port 1-65535)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (":" in host or "[" in host or "]" in host) and not (bracketed and ":" in host):
+        # "::1:2379" would reach gRPC as a host it cannot resolve, and fail only at the first call.
+        raise ConfigError(f"endpoint {endpoint!r}: an IPv6 address goes in brackets, e.g. [::1]:2379")
+    if any(c.isspace() or c in "/,;" for c in host):
+        raise ConfigError(f"endpoint {endpoint!r} is not of the form host:port")
     return text, https
 
 
@@ -236,6 +245,15 @@ class Connection:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.throttled = 0  # calls etcd refused with "too many requests", retried
         self.born = fork.generation()  # a forked child must not touch the channels (see fork.py)
+
+    def _explained(self, details: str) -> str:
+        """details, with what they most likely mean (TLS failures; a TLS server dropping plain text)."""
+        if self._credentials is None and _PLAIN_TEXT_DROPPED in details:
+            return (
+                "the server closed the plain-text connection (if etcd serves TLS, connect with "
+                f"tls=TLSConfig(...) or an https:// endpoint): {details}"
+            )
+        return _explained(details)
 
     # ---- endpoint choice ----
 
@@ -388,7 +406,7 @@ class Connection:
                     await asyncio.sleep(pause)
                     continue
                 if e.code() in _RETRY_CODES:
-                    last = f"{_explained(details)} at {endpoint}"
+                    last = f"{self._explained(details)} at {endpoint}"
                     failures += 1
                     self.report_failure(endpoint)
                     if failures % len(self.endpoints) == 0:
