@@ -218,7 +218,7 @@ def _run(case: Case) -> bool:
         shown = errors[:2]
     else:
         verdict = "STILL PASSES (the tests do not catch it)"
-    print(f"{case.name}: {verdict}\n    " + "\n    ".join(shown + summary), flush=True)
+    print(f"{case.name}: {verdict}\n    " + "\n    ".join(ln[:240] for ln in shown + summary), flush=True)
     return caught
 
 
