@@ -258,7 +258,8 @@ class SyncClient:
     # ---- locks ----
 
     def lock_status(self, name: str, *, timeout: float | None = None) -> LockStatus:
-        """Who holds lock `name` and who waits for it (see Client.lock_status)."""
+        """Who holds `name` (a lock, an election, a semaphore or a read/write lock) and who waits for it
+        (see Client.lock_status)."""
         return self._portal.call(self._client.lock_status(name, timeout=timeout))
 
     def lock(
