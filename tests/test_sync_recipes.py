@@ -230,6 +230,34 @@ def test_observe_closed_from_another_thread_ends_a_blocked_next(clients: Clients
     wait_until_sync(lambda: client.resources() == base, DEADLINE, f"resources back to {base}")
 
 
+def _reaches(items: list[bytes], n: int) -> bool:
+    return len(items) >= n
+
+
+def test_observe_shared_by_two_threads_gives_each_leader_to_one_of_them(clients: Clients, ns: str) -> None:
+    client, a = clients.new(), clients.new()
+    name = ns + "leader"
+    values = [f"v{i}".encode() for i in range(5)]
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    with client.election(name).observe() as leaders:
+
+        def take() -> None:
+            for leader in leaders:  # ends with StopIteration once closed
+                with lock:
+                    seen.append(leader.value)
+
+        threads = [started(take), started(take)]
+        with a.election(name).campaign(values[0], timeout=DEADLINE) as term:
+            wait_until_sync(lambda: len(seen) == 1, DEADLINE, "the first leader seen")
+            for i, value in enumerate(values[1:], start=2):
+                term.proclaim(value)
+                wait_until_sync(functools.partial(_reaches, seen, i), DEADLINE, f"{i} values seen")
+    for thread, errors in threads:
+        finish(thread, errors)
+    assert sorted(seen) == values, "a leader given to both threads, or to none"
+
+
 def test_observe_dropped_without_close_ends_its_watch(clients: Clients, ns: str) -> None:
     client, a = clients.new(), clients.new()
     name = ns + "leader"

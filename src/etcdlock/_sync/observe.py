@@ -36,9 +36,16 @@ class _Steps:
         self._source = source
         self._step: asyncio.Task[Leader | object] | None = None
         self._closed = False
+        # One taker at a time (threads may share the iterator): each item goes to one caller only. A
+        # caller that gives up leaves its step to the next one.
+        self._turn = asyncio.Lock()
 
     async def next(self) -> Leader:
         """The next item; StopAsyncIteration once the source ended or was closed. Safe to cancel."""
+        async with self._turn:
+            return await self._take()
+
+    async def _take(self) -> Leader:
         if self._closed:
             raise StopAsyncIteration
         if self._step is None:
