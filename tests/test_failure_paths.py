@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from etcdlock import Client, ConfigError, LockTimeout, PermissionDeniedError
+from etcdlock import Client, ConfigError, LockTimeout, PermissionDeniedError, SyncClient
 from etcdlock._recipes.mutex import MAX_NAME_BYTES
 from etcdlock.testing import EtcdCluster, find_etcdctl_binary
 
@@ -91,3 +91,19 @@ async def test_a_timeout_that_ends_during_setup_is_a_lock_timeout(
             pytest.fail("the body ran")
     assert not await client.lock(ns + "setup2", ttl=19, timeout=timeout).acquire()
     assert (await client.get(ns, prefix=True)).kvs == []
+
+
+@pytest.mark.parametrize("timeout", [1e-9, 1e-6])
+def test_a_sync_timeout_that_ends_during_setup_is_a_lock_timeout(
+    etcd_endpoints: list[str], ns: str, timeout: float
+) -> None:
+    with SyncClient(etcd_endpoints) as sync_client:
+        _sync_setup_timeouts(sync_client, ns, timeout)
+
+
+def _sync_setup_timeouts(sync_client: SyncClient, ns: str, timeout: float) -> None:
+    with pytest.raises(LockTimeout):
+        with sync_client.lock(ns + "setup", ttl=23, timeout=timeout):
+            pytest.fail("the body ran")
+    assert not sync_client.lock(ns + "setup2", ttl=29).acquire(timeout=timeout)
+    assert sync_client.get(ns, prefix=True).kvs == []

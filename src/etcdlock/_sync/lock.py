@@ -171,6 +171,9 @@ class SyncLock:
             )
         try:
             left = None if wait is None else max(0.0, wait - (time.monotonic() - started))
+            if wait and not left:
+                # A positive timeout used up at the gate: 0 would mean "one attempt", not "no time left".
+                raise LockTimeout(f"{self._what} not acquired within {wait:g}s; nothing was left behind")
             current = self._portal.call(self._acquire_on_loop(left), undo=_release)
         except BaseException:
             self._gate.release()
