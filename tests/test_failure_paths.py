@@ -102,8 +102,7 @@ def test_a_sync_timeout_that_ends_during_setup_is_a_lock_timeout(
 
 
 def _sync_setup_timeouts(sync_client: SyncClient, ns: str, timeout: float) -> None:
-    with pytest.raises(LockTimeout):
-        with sync_client.lock(ns + "setup", ttl=23, timeout=timeout):
-            pytest.fail("the body ran")
+    with pytest.raises(LockTimeout), sync_client.lock(ns + "setup", ttl=23, timeout=timeout):
+        pytest.fail("the body ran")
     assert not sync_client.lock(ns + "setup2", ttl=29).acquire(timeout=timeout)
     assert sync_client.get(ns, prefix=True).kvs == []
