@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from etcdlock import Client
+from etcdlock.testing import EtcdNotInstalledError, find_etcd_binary, find_etcdctl_binary
 
 pytest_plugins = ["etcdlock.testing.pytest_plugin"]
 
@@ -19,6 +22,19 @@ _ASYNCIO_LEAK_SIGNS = ("Task was destroyed but it is pending", "exception was ne
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", default=False, help="also run long soak/fault tests")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which etcd, etcdctl and Python a run used: the test command's legs differ in exactly these."""
+    lines = [f"python {sys.version.split()[0]} at {sys.executable}"]
+    for find, flag in ((find_etcd_binary, "--version"), (find_etcdctl_binary, "version")):
+        try:
+            path = find()
+            out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10).stdout
+            lines.append(f"{path}: {out.splitlines()[0] if out else '?'}")
+        except (EtcdNotInstalledError, OSError, subprocess.SubprocessError) as e:
+            lines.append(f"{find.__name__}: {e}")
+    return "\n".join(lines)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
