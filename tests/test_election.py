@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -33,8 +33,8 @@ from etcdlock import (
     Term,
 )
 from etcdlock._core.watch import STREAM_KEY
-from etcdlock._recipes.contender import Contender
 from etcdlock.testing import EtcdCluster, EtcdMember, FaultProxy
+from tests.holdables import contender_of, is_waiting
 from tests.test_lock import (
     assert_clean,
     baseline,
@@ -61,23 +61,6 @@ async def leading(term: Term) -> Term:
     if not await term.acquire():
         raise AssertionError(f"campaign in {term.name!r} did not lead within its timeout")
     return term
-
-
-def contender_of(term: Term) -> Contender:
-    c = term._last
-    assert c is not None, "the term never campaigned"
-    return c
-
-
-def is_parked(term: Term) -> bool:
-    """The candidacy waits on the queue: its key exists and it waits for the keys below it."""
-    c = term._last
-    return c is not None and c._interest is not None and bool(c._interest.waiting_on)
-
-
-def observation(election: Election) -> AsyncGenerator[Leader, None]:
-    """election.observe(), read step by step with anext() (and closed with aclose())."""
-    return cast(AsyncGenerator[Leader, None], election.observe())
 
 
 def identity(leader: Leader) -> Identity:
@@ -171,7 +154,7 @@ async def test_campaign_leads_a_second_candidate_waits_and_is_woken_by_the_resig
             assert first.lease in default_session_leases(client)
 
             task = asyncio.create_task(led_at(second), name="test:second-candidate")
-            await wait_until(lambda: is_parked(second), 5, "the second candidate parked")
+            await wait_until(lambda: is_waiting(second), 5, "the second candidate parked")
             assert await candidates(client, name) == [first.key, contender_of(second).key.decode()]
             assert not task.done() and contender_of(second).wakeups == 0
             assert first.held and not first.lost.is_set()
@@ -317,7 +300,7 @@ async def test_proclaim_by_a_deposed_leader_raises_lock_lost_and_writes_nothing(
         new = other.election(name).campaign("new", timeout=10)
         task = asyncio.create_task(leading(new))
         try:
-            await wait_until(lambda: is_parked(new), 5, "the next candidate parked")
+            await wait_until(lambda: is_waiting(new), 5, "the next candidate parked")
             if how == "deleted-unseen":
                 interest = contender_of(old)._interest
                 assert interest is not None
@@ -410,7 +393,7 @@ async def test_cancelling_a_waiting_campaign_leaves_no_key(
             # once parked on the queue.
             for step in [*range(0, 40, 3), 0.05, 0.2]:
                 term = client.election(name).campaign("waiter")
-                out = await cancel_at(term.acquire(), step, probe=functools.partial(is_parked, term))
+                out = await cancel_at(term.acquire(), step, probe=functools.partial(is_waiting, term))
                 assert not out.done_before_cancel and out.cancelled, f"step {step!r}: {out}"
                 parked += out.reached
                 assert not term.held
@@ -435,7 +418,7 @@ async def test_campaign_on_an_explicit_session_and_on_the_default_one(client: Cl
             # A candidate on the default session waits behind the explicit one.
             default = election.campaign("default", timeout=10)
             task = asyncio.create_task(leading(default))
-            await wait_until(lambda: is_parked(default), 5, "the default-session candidate parked")
+            await wait_until(lambda: is_waiting(default), 5, "the default-session candidate parked")
         await asyncio.wait_for(task, 10)
         assert default.lease in default_session_leases(client) and default.lease != s.lease_id
         assert s.lease_id in set(await client.leases()), "resigning ended the explicit session"
@@ -494,7 +477,7 @@ async def test_observe_yields_the_leader_then_each_change_and_nothing_else(
 
                 # A candidate that does not lead joins, another joins and leaves, a nested election gets
                 # a leader, the leader proclaims the value it has: none of it is a change of leader.
-                await wait_until(lambda: is_parked(b), 5, "b parked")
+                await wait_until(lambda: is_waiting(b), 5, "b parked")
                 c = e.campaign("c1", timeout=0.2)
                 assert await c.acquire() is False
                 async with other.election(name + "/nested").campaign("x", timeout=5):
@@ -542,7 +525,7 @@ async def test_observe_yields_the_state_after_a_whole_revision(
         b = e.campaign("b-old", timeout=30)
         b_task = asyncio.create_task(leading(b))
         try:
-            await wait_until(lambda: is_parked(b), 5, "b parked")
+            await wait_until(lambda: is_waiting(b), 5, "b parked")
             b_key = contender_of(b).key
             async with observing(client.election(name)) as obs:
                 await obs.expect(a)
@@ -636,9 +619,9 @@ async def test_observe_resumes_after_its_watch_was_compacted(
         a = await leading(e.campaign("a1", timeout=5))
         b = e.campaign("b1", timeout=30)
         b_task = asyncio.create_task(leading(b))
-        observed = observation(observer_client.election(name))
+        observed = observer_client.election(name).observe()
         try:
-            await wait_until(lambda: is_parked(b), 5, "b parked")
+            await wait_until(lambda: is_waiting(b), 5, "b parked")
             assert identity(await asyncio.wait_for(anext(observed), 10)) == term_identity(a)  # listed
             await a.proclaim("a2")
             assert identity(await asyncio.wait_for(anext(observed), 10)) == term_identity(a)  # watched
@@ -685,9 +668,9 @@ async def test_observe_lists_again_when_its_watch_is_compacted_before_it_starts(
         a = await leading(e.campaign("a", timeout=5))
         b = e.campaign("b", timeout=30)
         b_task = asyncio.create_task(leading(b))
-        observed = observation(client.election(name))
+        observed = client.election(name).observe()
         try:
-            await wait_until(lambda: is_parked(b), 5, "b parked")
+            await wait_until(lambda: is_waiting(b), 5, "b parked")
             assert identity(await asyncio.wait_for(anext(observed), 10)) == term_identity(a)
             gate = hold_back_new_watchers(client)
             reads = count_reads(client)
@@ -742,7 +725,7 @@ async def test_observe_survives_a_failover_without_repeats_or_gaps(cluster: Etcd
                     if t is terms[0]:
                         await asyncio.wait_for(tasks[0], 5)
                     else:
-                        await wait_until(functools.partial(is_parked, t), 5, "candidate parked")
+                        await wait_until(functools.partial(is_waiting, t), 5, "candidate parked")
                 async with observing(observer_client.election(name)) as obs:
                     await obs.expect(terms[0])
                     expected.append(term_identity(terms[0]))
