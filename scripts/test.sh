@@ -47,6 +47,9 @@ mypy
 echo "==> API reference (docs/api/): builds without warnings, every public name documented"
 python scripts/build_docs.py
 
+echo "==> the Go interop program (built offline from Debian's etcd sources; skipped when up to date)"
+bash scripts/build_go_interop.sh
+
 leg full python "${PYTEST[@]}" "$@"
 if [ "$quick" = 0 ]; then
   etcd35=$(bash scripts/etcd35.sh)
