@@ -20,7 +20,7 @@ import re
 import threading
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -74,7 +74,7 @@ SYNC_TYPE: dict[object, object] = {
     Watcher: SyncWatch,
     DebugServer: SyncDebugServer,
     asyncio.Event: threading.Event,  # the events users wait on (lost)
-    AsyncIterator[Leader]: SyncObservation,  # observe(): an iterator that can be closed from any thread
+    AsyncGenerator[Leader, None]: SyncObservation,  # observe(): an iterator closeable from any thread
     AsyncIterator: Iterator,
 }
 
@@ -362,7 +362,7 @@ def test_async_types_map_to_sync_ones_inside_annotations() -> None:
     assert to_sync(Lock | None) == (SyncLock | None)
     assert to_sync(list[Session]) == list[SyncSession]
     assert to_sync(AsyncIterator[int]) == Iterator[int]
-    assert to_sync(AsyncIterator[Leader]) == SyncObservation
+    assert to_sync(AsyncGenerator[Leader, None]) == SyncObservation
     assert to_sync(ReadLock | None) == (SyncLock | None)
     assert to_sync(Callable[[Lock], asyncio.Event]) == Callable[[SyncLock], threading.Event]
     assert to_sync(dict[str, int]) == dict[str, int]

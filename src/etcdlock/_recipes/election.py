@@ -19,13 +19,14 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Unpack
 
 from etcdlock._core.errors import CompactedError, ConfigError, WatchOverflowError
 from etcdlock._core.txn import Op
 from etcdlock._core.types import EventType, KeyValue, WatchEvent
 from etcdlock._core.watch import Watcher
 from etcdlock._recipes.contender import QueueSpec
-from etcdlock._recipes.holdable import Holdable
+from etcdlock._recipes.holdable import Holdable, HoldOptions
 from etcdlock._recipes.mutex import check_name, is_lock_key, queue_spec
 from etcdlock._recipes.session import DEFAULT_TTL, Session
 from etcdlock._recipes.state import RecipeClient
@@ -75,19 +76,9 @@ class Term(Holdable):
     """
 
     def __init__(
-        self,
-        client: RecipeClient,
-        name: str,
-        proposal: bytes,
-        *,
-        ttl: int = DEFAULT_TTL,
-        timeout: float | None = None,
-        session: Session | None = None,
-        cancel_on_loss: bool = False,
+        self, client: RecipeClient, name: str, proposal: bytes, **options: Unpack[HoldOptions]
     ) -> None:
-        super().__init__(
-            client, name, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss
-        )
+        super().__init__(client, name, **options)
         self._value = proposal
 
     def _spec(self) -> QueueSpec:

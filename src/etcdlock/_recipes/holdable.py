@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict, Unpack
 
 from etcdlock._core.errors import ConfigError, LeaseNotFoundError
 from etcdlock._core.lease import check_ttl
@@ -53,6 +53,15 @@ class _Holding:
     cancelled_for_loss: bool = False
 
 
+class HoldOptions(TypedDict, total=False):
+    """How a handle acquires: the keyword arguments every recipe's handle takes (see Holdable)."""
+
+    ttl: int
+    timeout: float | None
+    session: Session | None
+    cancel_on_loss: bool
+
+
 class Holdable:
     """A recipe's reusable handle: ``async with handle:`` or ``await handle.acquire()`` /
     ``await handle.release()``. Subclasses say which key they put in which queue (`_spec`).
@@ -69,16 +78,13 @@ class Holdable:
     `lost_reason` None.
     """
 
-    def __init__(
-        self,
-        client: RecipeClient,
-        name: str,
-        *,
-        ttl: int = DEFAULT_TTL,
-        timeout: float | None = None,
-        session: Session | None = None,
-        cancel_on_loss: bool = False,
-    ) -> None:
+    def __init__(self, client: RecipeClient, name: str, **options: Unpack[HoldOptions]) -> None:
+        """A handle on `name` (nothing is sent yet); `options`: ttl (the default session's TTL, when no
+        session is given), timeout (acquire's default), session, cancel_on_loss."""
+        ttl = options.get("ttl", DEFAULT_TTL)
+        timeout = options.get("timeout")
+        session = options.get("session")
+        cancel_on_loss = options.get("cancel_on_loss", False)
         check_timeout(timeout)
         if session is None:
             check_ttl(ttl)
@@ -401,4 +407,4 @@ async def _wait_in_queue(remaining: Callable[[], float | None], contender: Conte
     return True
 
 
-__all__ = ["Holdable"]
+__all__ = ["HoldOptions", "Holdable"]

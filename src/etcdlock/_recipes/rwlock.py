@@ -11,10 +11,11 @@ only looks at the prefixes and the revisions.) Waiting, loss and release are the
 
 from __future__ import annotations
 
-from etcdlock._recipes.contender import QueueSpec, check_timeout
-from etcdlock._recipes.holdable import Holdable
+from typing import Unpack
+
+from etcdlock._recipes.contender import QueueSpec
+from etcdlock._recipes.holdable import Holdable, HoldOptions
 from etcdlock._recipes.mutex import check_name
-from etcdlock._recipes.session import DEFAULT_TTL, Session
 from etcdlock._recipes.state import RecipeClient
 
 
@@ -49,45 +50,26 @@ class WriteLock(Holdable):
 class RWLock:
     """A read/write lock on NAME: ``async with rw.read():`` shared, ``async with rw.write():`` exclusive."""
 
-    def __init__(
-        self,
-        client: RecipeClient,
-        name: str,
-        *,
-        ttl: int = DEFAULT_TTL,
-        timeout: float | None = None,
-        session: Session | None = None,
-    ) -> None:
+    def __init__(self, client: RecipeClient, name: str, **options: Unpack[HoldOptions]) -> None:
         self.name = check_name(name, "read/write lock")
         """The lock's name: readers' keys are NAME/read/<lease hex>, writers' NAME/write/<lease hex>."""
-        check_timeout(timeout)
         self._client = client
-        self._ttl = ttl
-        self._timeout = timeout
-        self._session = session
+        self._options = options
         self.read()  # checks the options now, before anything is sent
 
     def read(self, *, timeout: float | None = None, cancel_on_loss: bool = False) -> ReadLock:
         """A read lock (nothing is sent yet), reusable like a Lock; `timeout` None: the RWLock's."""
-        return ReadLock(
-            self._client,
-            self.name,
-            ttl=self._ttl,
-            timeout=self._timeout if timeout is None else timeout,
-            session=self._session,
-            cancel_on_loss=cancel_on_loss,
-        )
+        return ReadLock(self._client, self.name, **self._side(timeout, cancel_on_loss))
 
     def write(self, *, timeout: float | None = None, cancel_on_loss: bool = False) -> WriteLock:
         """A write lock (nothing is sent yet), reusable like a Lock; `timeout` None: the RWLock's."""
-        return WriteLock(
-            self._client,
-            self.name,
-            ttl=self._ttl,
-            timeout=self._timeout if timeout is None else timeout,
-            session=self._session,
-            cancel_on_loss=cancel_on_loss,
-        )
+        return WriteLock(self._client, self.name, **self._side(timeout, cancel_on_loss))
+
+    def _side(self, timeout: float | None, cancel_on_loss: bool) -> HoldOptions:
+        options: HoldOptions = {**self._options, "cancel_on_loss": cancel_on_loss}
+        if timeout is not None:
+            options["timeout"] = timeout
+        return options
 
     def __repr__(self) -> str:
         return f"<RWLock {self.name!r}>"

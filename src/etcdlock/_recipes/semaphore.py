@@ -15,15 +15,14 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from etcdlock._core.errors import ConfigError
 from etcdlock._core.text import quoted, shorten
-from etcdlock._recipes.contender import AnyKeyValue, QueueSpec, check_timeout
+from etcdlock._recipes.contender import AnyKeyValue, QueueSpec
 from etcdlock._recipes.errors import LimitMismatchError
-from etcdlock._recipes.holdable import Holdable
+from etcdlock._recipes.holdable import Holdable, HoldOptions
 from etcdlock._recipes.mutex import check_name, is_lock_key, queue_spec
-from etcdlock._recipes.session import DEFAULT_TTL, Session
 from etcdlock._recipes.state import RecipeClient
 
 
@@ -53,20 +52,8 @@ class Slot(Holdable):
     """One place in a semaphore: ``async with slot:`` holds it; reusable like a Lock, and like a Lock it
     has `token`, `lost`, `ensure_held()`, `txn()`, ... while held."""
 
-    def __init__(
-        self,
-        client: RecipeClient,
-        name: str,
-        limit: int,
-        *,
-        ttl: int = DEFAULT_TTL,
-        timeout: float | None = None,
-        session: Session | None = None,
-        cancel_on_loss: bool = False,
-    ) -> None:
-        super().__init__(
-            client, name, ttl=ttl, timeout=timeout, session=session, cancel_on_loss=cancel_on_loss
-        )
+    def __init__(self, client: RecipeClient, name: str, limit: int, **options: Unpack[HoldOptions]) -> None:
+        super().__init__(client, name, **options)
         self.limit = limit
         """The semaphore's limit."""
 
@@ -89,29 +76,13 @@ class Semaphore:
     token and `lost`), released when its block ends. For a slot to hold across calls, take one with
     `slot()` and ``await slot.acquire()`` / ``await slot.release()``."""
 
-    def __init__(
-        self,
-        client: RecipeClient,
-        name: str,
-        limit: int,
-        *,
-        ttl: int = DEFAULT_TTL,
-        timeout: float | None = None,
-        session: Session | None = None,
-        cancel_on_loss: bool = False,
-    ) -> None:
+    def __init__(self, client: RecipeClient, name: str, limit: int, **options: Unpack[HoldOptions]) -> None:
         self.name = check_name(name, "semaphore")
         """The semaphore's name: its holders' keys are NAME/<lease hex>."""
         self.limit = check_limit(limit)
         """How many may hold it at once."""
-        check_timeout(timeout)
         self._client = client
-        self._options: dict[str, Any] = {
-            "ttl": ttl,
-            "timeout": timeout,
-            "session": session,
-            "cancel_on_loss": cancel_on_loss,
-        }
+        self._options = options
         self.slot()  # checks the options now, before anything is sent
         self._entered: dict[asyncio.Task[Any] | None, list[Slot]] = {}
 
