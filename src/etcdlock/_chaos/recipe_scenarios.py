@@ -7,7 +7,8 @@ every member. The same four faults for both recipes; what differs is what "taken
     outlives its last renewal by at most its TTL; etcd checks for expired leases every 500 ms. When
     killing a member made etcd elect a new raft leader, that leader renewed every lease by itself (etcd's
     lessor Promote, by its election timeout): the clock starts then instead. A leader that kept its term
-    through the fault needs no successor.
+    through the fault needs no successor; one whose check etcd could not answer in time (an EtcdError,
+    not a loss) lets go, as the worker does on any error, and the next candidate follows at once.
   * semaphore: the holder's place goes to a waiter, which shows as `limit` other processes acting at once
     (the others alone fill the semaphore); how long that took is a number, not a rule, since it also waits
     for the other holders' next writes to be seen.
@@ -68,22 +69,33 @@ def _taken_over(ctx: FaultContext, role: Role, name: str, token: int, since: flo
 
 
 def _succession(
-    ctx: FaultContext, role: Role, name: str, token: int, lease: int, worker: str, clock_from: float
+    ctx: FaultContext,
+    role: Role,
+    name: str,
+    token: int,
+    lease: int,
+    worker: str,
+    fault: float,
+    *,
+    renewed: float | None = None,
 ) -> None:
-    """Wait for the successor of WORKER (TOKEN on NAME), whose lease nobody has renewed since CLOCK_FROM;
-    record how long it took, and for an election hold it to TTL + 1 s."""
-    took = _taken_over(ctx, role, name, token, clock_from, worker) - clock_from
-    ctx.metrics[f"{role.succession} after the fault, s"] = round(took, 2)
+    """Wait for the successor of WORKER (TOKEN on NAME), whose lease nobody has renewed since FAULT, or
+    since RENEWED if etcd renewed every lease itself then (a new raft leader); record how long it took
+    after the fault, and for an election hold it to TTL + 1 s of that clock's start."""
+    at = _taken_over(ctx, role, name, token, fault, worker)
+    ctx.metrics[f"{role.succession} after the fault, s"] = round(at - fault, 2)
     gone = ctx.deleted.get(f"{name}/{lease:x}")
     if gone is not None and role.recipe == "election":
         key = "new leader after the old leader's key was deleted, s"
-        ctx.metrics[key] = round(_taken_over(ctx, role, name, token, gone, worker) - gone, 3)
+        ctx.metrics[key] = round(at - gone, 3)
+    clock = fault if renewed is None else max(fault, renewed)
+    since = "the fault" if renewed is None else "etcd's renewal of every lease under its new raft leader"
     bound = ctx.cfg.ttl + SUCCESSION_SLACK
-    if took <= bound:
-        ctx.checks.append(f"{role.succession} within TTL + 1 s of the fault")
+    if at - clock <= bound:
+        ctx.checks.append(f"{role.succession} within TTL + 1 s of {since}")
     elif role.recipe == "election":
         ctx.failures.append(
-            f"slow-new-leader: {took:.2f}s after the fault that took {worker}'s lease on {name} "
+            f"slow-new-leader: {at - clock:.2f}s after {since}, which took {worker}'s lease on {name} "
             f"(bound {bound:g}s)"
         )
 
@@ -205,15 +217,21 @@ def member_killed(role: Role) -> Callable[[FaultContext], None]:
         )
         writes = [e for e in ctx.events.of("write") if e["worker"] == worker and e["token"] == token]
         if ctx.learned_loss(worker, token) is not None:
-            ctx.details.append(f"{worker} lost {name} when {member.name} was killed")
-            _succession(ctx, role, name, token, lease, worker, max(killed, promoted + ELECTION_TIMEOUT))
+            reason = ctx.learned_loss(worker, token)
+            ctx.details.append(f"{worker} lost {name} when {member.name} was killed: {reason}")
+            ctx.checks.append(f"the {role.holder} was told `lost` (and had a successor)")
+            _succession(ctx, role, name, token, lease, worker, killed, renewed=promoted + ELECTION_TIMEOUT)
         elif len(writes) == ctx.writes_per_hold:
             ctx.checks.append(f"the {role.holder} kept {role.held} through the loss of its member")
             kept = sum(1 for e in writes if e["sent"] > killed and e["accepted"])
             ctx.metrics[f"writes of the {role.holder} accepted after the kill"] = kept
         else:
-            # An error (a check etcd could not answer) ended the hold: it let go, and others go on.
-            ctx.details.append(f"{worker} gave up {name} after an error when {member.name} was killed")
+            # An error (a check etcd could not answer in time) ended the hold: it let go, others go on.
+            errors = [e["error"] for e in ctx.events.of("error") if e["worker"] == worker and e["t"] > killed]
+            ctx.checks.append(
+                f"the {role.holder} let go of {role.held} after an error (a check etcd did not answer)"
+            )
+            ctx.details.append(f"{worker} let go of {name} after {errors[:1]} when {member.name} was killed")
         ctx.details.append(f"{worker} held {name} on {member.name}")
         ctx.mark_healed()
 
