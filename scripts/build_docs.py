@@ -32,6 +32,7 @@ import pdoc.render
 
 import etcdlock
 from etcdlock._core.client import CoreClient
+from etcdlock._recipes.state import RecipeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("etcdlock", "etcdlock.testing", "etcdlock.testing.pytest_plugin")
@@ -40,7 +41,7 @@ DOCSTRINGS_REQUIRED = ("etcdlock",)
 PRIVATE_NAME = re.compile(r"\betcdlock(?:\.\w+)*\._[A-Za-z]\w*(?:\.\w+)*")
 # Private classes that public signatures take, shown as the public class a caller passes there: a Session or
 # a Lock takes the client as the CoreClient it needs, and every Client is one.
-SHOWN_AS: dict[type, str] = {CoreClient: "etcdlock.Client"}
+SHOWN_AS: dict[type, str] = {CoreClient: "etcdlock.Client", RecipeClient: "etcdlock.Client"}
 
 Member = pdoc.doc.Doc[Any]
 

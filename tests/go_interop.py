@@ -125,7 +125,9 @@ class GoProc:
         cls, subcommand: str, *args: str, endpoints: Sequence[str], ttl: int | None = None
     ) -> GoProc:
         """Start `etcdlock-go-interop SUBCOMMAND --endpoints ... ARGS`."""
-        argv = [go_interop_binary(), subcommand, f"--endpoints={','.join(endpoints)}"]
+        # Built in a thread: a cold build takes half a minute, and blocking the loop that long would let
+        # the test's own leases expire.
+        argv = [await asyncio.to_thread(go_interop_binary), subcommand, f"--endpoints={','.join(endpoints)}"]
         if ttl is not None:
             argv.append(f"--ttl={ttl}")
         argv.extend(args)

@@ -14,7 +14,7 @@ from etcdlock._cli.common import Connection, connection_from
 from etcdlock._cli.main import build_parser, main
 from tests.test_cli import CLI, cli_env
 
-CONNECTING = ["lock", "status", "soak", "demo"]  # every command that connects
+CONNECTING = ["lock", "elect", "status", "soak", "demo"]  # every command that connects
 CONNECTION_OPTIONS = [
     "--endpoints",
     "--cacert",
@@ -212,6 +212,15 @@ def test_lock_usage_shows_the_command_after_the_separator(capsys: pytest.Capture
     assert "ETCD_LOCK_KEY" in text and "exit status:" in text
 
 
+def test_elect_usage_shows_both_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_of(capsys, "elect")
+    assert text.startswith(
+        "usage: etcdlock elect [options] NAME PROPOSAL [-- CMD [ARGS...]]\n"
+        "       etcdlock elect --listen [options] NAME\n"
+    )
+    assert "ETCD_ELECTION_KEY" in text and "exit status:" in text and "--listen" in text
+
+
 @pytest.mark.parametrize("command", CONNECTING)
 def test_connecting_commands_take_etcdctls_options(capsys: pytest.CaptureFixture[str], command: str) -> None:
     text = help_of(capsys, command)
@@ -228,7 +237,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_command_and_option_has_help() -> None:
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"lock", "status", "soak", "demo", "etcd"}
+    assert set(commands) == {"lock", "elect", "status", "soak", "demo", "etcd"}
     for name, sub in commands.items():
         assert sub.description, f"{name} has no description"
         assert not sub.description.startswith("`etcdlock"), f"{name}: a module docstring as description"

@@ -64,12 +64,14 @@ async def test_h_rss_flat_over_n_and_2n_watch_create_cancel_cycles(
 
 async def test_j_failed_acquires_leave_no_objects_or_cycles(client: Client, ns: str) -> None:
     refs: list[weakref.ref[Contender]] = []
-    async with client.lock(ns + "busy"):
+    # The attempts go on a session of their own: each then gets as far as the queue (a default session
+    # started on demand could take longer than the timeout, and the attempt end before it had a Contender).
+    async with client.lock(ns + "busy"), client.session() as session:
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             for _ in range(20):
-                lock = client.lock(ns + "busy", timeout=0.01)
+                lock = client.lock(ns + "busy", timeout=0.01, session=session)
                 with contextlib.suppress(LockTimeout):
                     await lock.acquire()
                 assert lock._last is not None

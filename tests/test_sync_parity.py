@@ -2,8 +2,9 @@
 
 For each pair (Client/SyncClient, and the objects they hand out) the sync class must have every public
 method and property of the async one, with the same parameter names, kinds, defaults and annotations once
-async types are mapped to their sync counterparts (Lock -> SyncLock, asyncio.Event -> threading.Event,
-AsyncIterator -> Iterator, ...; `async def` -> `def`; __aenter__ -> __enter__). What cannot have a twin, or
+async types are mapped to their sync counterparts (Lock -> SyncLock, Term -> SyncTerm, ReadLock -> SyncLock,
+asyncio.Event -> threading.Event, AsyncIterator -> Iterator, ...; `async def` -> `def`; __aenter__ ->
+__enter__). What cannot have a twin, or
 differs on purpose, is in the tables below, each entry with its reason; an entry that is no longer needed
 fails the test too, so the tables stay true. No etcd needed.
 """
@@ -26,30 +27,54 @@ import pytest
 
 from etcdlock import (
     Client,
+    Election,
     KeepAlive,
+    Leader,
     Lock,
+    ReadLock,
+    RWLock,
+    Semaphore,
     Session,
+    Slot,
     SyncClient,
+    SyncElection,
     SyncKeepAlive,
     SyncLock,
+    SyncObservation,
+    SyncRWLock,
+    SyncSemaphore,
     SyncSession,
+    SyncSlot,
+    SyncTerm,
     SyncWatch,
+    Term,
     Watcher,
+    WriteLock,
 )
 from etcdlock._core.client import CoreClient
 from etcdlock._diagnostics.debug_server import DebugServer
+from etcdlock._recipes.state import RecipeClient
 from etcdlock._sync import SyncDebugServer
 
 # The sync type each async type becomes in a sync signature.
 SYNC_TYPE: dict[object, object] = {
     Client: SyncClient,
     CoreClient: SyncClient,
+    RecipeClient: SyncClient,
     Lock: SyncLock,
+    Election: SyncElection,
+    Term: SyncTerm,
+    Semaphore: SyncSemaphore,
+    Slot: SyncSlot,
+    RWLock: SyncRWLock,
+    ReadLock: SyncLock,  # the read and write locks of a SyncRWLock are plain SyncLocks
+    WriteLock: SyncLock,
     Session: SyncSession,
     KeepAlive: SyncKeepAlive,
     Watcher: SyncWatch,
     DebugServer: SyncDebugServer,
     asyncio.Event: threading.Event,  # the events users wait on (lost)
+    AsyncIterator[Leader]: SyncObservation,  # observe(): an iterator that can be closed from any thread
     AsyncIterator: Iterator,
 }
 
@@ -72,6 +97,13 @@ class Pair:
 PAIRS = [
     Pair(Client, SyncClient, init=True),
     Pair(Lock, SyncLock),
+    Pair(Election, SyncElection),
+    Pair(Term, SyncTerm),
+    Pair(Semaphore, SyncSemaphore),
+    Pair(Slot, SyncSlot),
+    Pair(RWLock, SyncRWLock),
+    Pair(ReadLock, SyncLock),
+    Pair(WriteLock, SyncLock),
     Pair(Session, SyncSession),
     Pair(KeepAlive, SyncKeepAlive),
     Pair(Watcher, SyncWatch),
@@ -81,6 +113,15 @@ PAIRS = [
 # ---- the exemption tables: keys are class names as written in the code ----
 
 _NAME_BOOKKEEPING = "the lock recipe's bookkeeping of the names on the lease, done on the loop by the lock"
+_CONTENDER = (
+    "the recipe's loop-bound queue entry of the current acquisition, for the recipes and their tests; the "
+    "held handle's members are mirrored one by one"
+)
+_HOLDABLES = ("Lock", "Term", "Slot", "ReadLock", "WriteLock")
+_CANCEL_ON_LOSS = (
+    "cancelling the body needs a task to cancel; a thread cannot be stopped safely from outside, so "
+    "sync code watches held.lost (or passes on_lost= to client.lock)"
+)
 _SCHEDULER_TIMING = "the keepalive scheduler's timing, read on the loop by the keepalive manager"
 
 # Public members of an async class that have no sync twin: (async class, member) -> why.
@@ -89,6 +130,7 @@ NO_TWIN: dict[tuple[str, str], str] = {
         "the recipe's loop-bound Mutex, for the recipes and their tests; the held lock's members are "
         "mirrored one by one"
     ),
+    **{(holdable, "contender"): _CONTENDER for holdable in _HOLDABLES},
     ("Session", "claim"): _NAME_BOOKKEEPING,
     ("Session", "unclaim"): _NAME_BOOKKEEPING,
     ("Session", "acquire_request"): "the lock recipe's prebuilt protobuf request, cached on the loop",
@@ -112,10 +154,11 @@ SYNC_ONLY: dict[tuple[str, str], str] = {
 
 # Parameters only the async method has: (async class, method, parameter) -> why.
 ASYNC_ONLY_PARAMS: dict[tuple[str, str, str], str] = {
-    ("Client", "lock", "cancel_on_loss"): (
-        "cancelling the body needs a task to cancel; a thread cannot be stopped safely from outside, so "
-        "sync code watches held.lost or passes on_lost="
-    ),
+    ("Client", "lock", "cancel_on_loss"): _CANCEL_ON_LOSS,
+    ("Client", "semaphore", "cancel_on_loss"): _CANCEL_ON_LOSS,
+    ("Election", "campaign", "cancel_on_loss"): _CANCEL_ON_LOSS,
+    ("RWLock", "read", "cancel_on_loss"): _CANCEL_ON_LOSS,
+    ("RWLock", "write", "cancel_on_loss"): _CANCEL_ON_LOSS,
 }
 
 # Parameters only the sync method has: (async class, method, parameter) -> why.
@@ -130,8 +173,16 @@ SYNC_ONLY_PARAMS: dict[tuple[str, str, str], str] = {
 # Members whose signatures differ on purpose, for now: (async class, member) -> why.
 DIFFERENT: dict[tuple[str, str], str] = {}
 
-# Names the sync modules import only for type checking, for evaluating their annotations here.
-_NAMESPACE = {cls.__name__: cls for pair in PAIRS for cls in (pair.async_cls, pair.sync_cls)}
+# Names the modules import only for type checking, for evaluating their annotations here.
+_NAMESPACE = {
+    cls.__name__: cls
+    for cls in [
+        *(c for pair in PAIRS for c in (pair.async_cls, pair.sync_cls)),
+        *SYNC_TYPE,
+        *SYNC_TYPE.values(),
+    ]
+    if isinstance(cls, type)
+}
 
 
 # ---- the comparison ----
@@ -174,13 +225,19 @@ def public_members(cls: type, *, init: bool) -> dict[str, object]:
 
 
 def instance_attributes(cls: type) -> set[str]:
-    """Public attributes the class's constructor sets on `self` (the sync side may mirror them as
-    read-only properties; not required, as these are mostly internal state)."""
-    try:
-        source = inspect.getsource(inspect.getattr_static(cls, "__init__"))
-    except (OSError, TypeError):
-        return set()
-    return {m for m in re.findall(r"\bself\.([a-z]\w*)\s*(?::[^=\n]+)?=(?!=)", source)}
+    """Public attributes the constructors of the class and its bases set on `self` (the sync side may
+    mirror them as read-only properties; not required, as these are mostly internal state)."""
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if not inspect.isfunction(init):
+            continue
+        try:
+            source = inspect.getsource(init)
+        except (OSError, TypeError):
+            continue
+        found |= set(re.findall(r"\bself\.([a-z]\w*)\s*(?::[^=\n]+)?=(?!=)", source))
+    return found
 
 
 def _function(member: object) -> Callable[..., object] | None:
@@ -305,6 +362,8 @@ def test_async_types_map_to_sync_ones_inside_annotations() -> None:
     assert to_sync(Lock | None) == (SyncLock | None)
     assert to_sync(list[Session]) == list[SyncSession]
     assert to_sync(AsyncIterator[int]) == Iterator[int]
+    assert to_sync(AsyncIterator[Leader]) == SyncObservation
+    assert to_sync(ReadLock | None) == (SyncLock | None)
     assert to_sync(Callable[[Lock], asyncio.Event]) == Callable[[SyncLock], threading.Event]
     assert to_sync(dict[str, int]) == dict[str, int]
 

@@ -72,7 +72,20 @@ from etcdlock._recipes.rwlock import ReadLock, RWLock, WriteLock
 from etcdlock._recipes.semaphore import Semaphore, Slot
 from etcdlock._recipes.session import Session
 from etcdlock._recipes.status import LockHolder, LockStatus
-from etcdlock._sync import SyncClient, SyncDebugServer, SyncKeepAlive, SyncLock, SyncSession, SyncWatch
+from etcdlock._sync import (
+    SyncClient,
+    SyncDebugServer,
+    SyncElection,
+    SyncKeepAlive,
+    SyncLock,
+    SyncObservation,
+    SyncRWLock,
+    SyncSemaphore,
+    SyncSession,
+    SyncSlot,
+    SyncTerm,
+    SyncWatch,
+)
 
 # The one place the version is written: pyproject.toml reads it from here (statically, without importing).
 __version__ = "0.1.0"
@@ -123,9 +136,15 @@ __all__ = [
     "Status",
     "SyncClient",
     "SyncDebugServer",
+    "SyncElection",
     "SyncKeepAlive",
     "SyncLock",
+    "SyncObservation",
+    "SyncRWLock",
+    "SyncSemaphore",
     "SyncSession",
+    "SyncSlot",
+    "SyncTerm",
     "SyncWatch",
     "TLSConfig",
     "TTLBelowMinimumError",

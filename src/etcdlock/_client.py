@@ -89,10 +89,14 @@ class Client(RecipeClient):
         return RWLock(self, name, ttl=ttl, timeout=timeout, session=session)
 
     async def lock_status(self, name: str, *, timeout: float | None = None) -> LockStatus:
-        """Who holds lock `name` and who waits for it, as etcd says now (keys of any client, of Go's
-        Mutex or `etcdctl lock` too): the holder (None if free) and the waiters in queue order, each with
-        its key, lease, the TTL left on that lease and its token (create revision). `timeout` bounds each
-        call to etcd. Raises ConfigError for a bad name, EtcdError if etcd fails."""
+        """Who holds `name` and who waits for it, as etcd says now (keys of any client, of Go's Mutex,
+        Election and RWMutex, of `etcdctl lock` and `etcdctl elect` too): the holder (None if free) and
+        the waiters in queue order, each with its key, lease, the TTL left on that lease, its token
+        (create revision) and its value. `kind` says what the keys are: "lock", "election" (`holder` is
+        the leader, its `value` the proposal; the waiters are the other candidates), "semaphore" (`limit`
+        from the keys' values, `holders` the first `limit` keys) or "rwlock" (keys NAME/read/...,
+        NAME/write/...: `holders` the readers before the first writer, or that writer). `timeout` bounds
+        each call to etcd. Raises ConfigError for a bad name, EtcdError if etcd fails."""
         return await lock_status(self, name, timeout=timeout)
 
     async def serve_debug(self, port: int = 0, host: str = "127.0.0.1") -> DebugServer:

@@ -8,18 +8,20 @@ import sys
 from collections.abc import Sequence
 
 import etcdlock
-from etcdlock._cli import demo, local_etcd, lock_cmd, soak_cmd, status_cmd
+from etcdlock._cli import demo, elect_cmd, local_etcd, lock_cmd, soak_cmd, status_cmd
 
 DESCRIPTION = """\
-Distributed locks on etcd from the shell: run a command holding a lock, see
-who holds and who waits, and check that a long-running client leaks nothing."""
+Distributed locks on etcd from the shell: run a command holding a lock or while
+leading an election, see who holds and who waits, and check that a long-running
+client leaks nothing."""
 
 EPILOG = """\
-The commands that connect to etcd (lock, status, soak, demo) take etcdctl's
-connection flags and read the same environment variables: ETCDCTL_ENDPOINTS,
-ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY, ETCDCTL_INSECURE_TRANSPORT,
-ETCDCTL_USER (USER or USER:PASSWORD) and ETCDCTL_PASSWORD. A flag wins over
-its variable; a password given nowhere is asked for on the terminal.
+The commands that connect to etcd (lock, elect, status, soak, demo) take
+etcdctl's connection flags and read the same environment variables:
+ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY,
+ETCDCTL_INSECURE_TRANSPORT, ETCDCTL_USER (USER or USER:PASSWORD) and
+ETCDCTL_PASSWORD. A flag wins over its variable; a password given nowhere is
+asked for on the terminal.
 
 Run 'etcdlock COMMAND --help' for a command's options."""
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"etcdlock {etcdlock.__version__}")
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
-    for module in (lock_cmd, status_cmd, soak_cmd, demo, local_etcd):
+    for module in (lock_cmd, elect_cmd, status_cmd, soak_cmd, demo, local_etcd):
         module.register(sub)
     return parser
 
@@ -48,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         words, command = words[:cut], words[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(words)
-    if command and args.command_name != "lock":
-        parser.error(f"only 'lock' runs a command after '--' (got {' '.join(command)!r})")
+    if command and not getattr(args, "takes_command", False):
+        parser.error(f"only 'lock' and 'elect' run a command after '--' (got {' '.join(command)!r})")
     args.command = command
     try:
         code: int = args.run(args)

@@ -345,8 +345,10 @@ class Contender:
         return my_rev, below
 
     def _check(self, kvs: Sequence[AnyKeyValue]) -> None:
+        """Let the spec check the keys read that belong to this queue (not those of nested names)."""
         if self.spec.check is not None:
-            self.spec.check(kvs)
+            is_blocker = self.spec.is_blocker
+            self.spec.check([kv for kv in kvs if is_blocker(kv.key)])
 
     def _page(self, read_revision: int, kvs: Sequence[AnyKeyValue], my_rev: int, *, more: bool) -> _Below:
         """A page of keys just below mine (descending create revision, all keys under the prefix)."""
@@ -379,7 +381,11 @@ class Contender:
         key. Built once per session and slot when it is the same every time."""
         if not self.spec.reusable_request:
             return self._build_acquire_request()
-        return self.session.acquire_request(self.spec.slot, self._build_acquire_request)
+        # Keyed by the value too: one session may meet one slot with different values (limits).
+        slot, value = self.spec.slot, self.spec.value
+        return self.session.acquire_request(
+            f"{slot}\x00{value!r}" if value else slot, self._build_acquire_request
+        )
 
     def _range_below(self, max_revision: int = 0, *, extra: int = 0) -> Op:
         """The blockers' range, from the top down (every key of it when some may remain: slack)."""

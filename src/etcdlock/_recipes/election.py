@@ -17,7 +17,7 @@ revision after the read (Go waits from a past revision, answered on etcd's 100 m
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from etcdlock._core.errors import CompactedError, ConfigError, WatchOverflowError
@@ -172,11 +172,13 @@ class Election:
                 return None
             max_revision = r.kvs[-1].create_revision  # only nested names' keys so far: page on
 
-    async def observe(self) -> AsyncIterator[Leader]:
+    async def observe(self) -> AsyncGenerator[Leader, None]:
         """Each new leader, and each value a leader proclaims, from the current one on (``async for
         leader in election.observe():``). Waits while there is no leader. Runs on the client's shared
         watch stream; it resumes by itself after a failover, and lists the candidates again after a
-        compaction, without repeating a leader or yielding a stale one. Leaving the loop ends the watch."""
+        compaction, without repeating a leader or yielding a stale one. Leaving the loop ends the watch
+        (at once with ``async with contextlib.aclosing(election.observe()) as leaders:``, else when the
+        event loop finalizes the generator)."""
         last: tuple[bytes, int, bytes] | None = None
         while True:
             listed = await self._client.get(self._prefix, prefix=True)

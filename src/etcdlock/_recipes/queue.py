@@ -285,6 +285,9 @@ class NameWatch:
     async def close(self) -> None:
         self._closed = True
         self.watcher.cancel()
+        # The watcher's callbacks are this object's methods: left in place, the two would make a cycle
+        # that only the cyclic GC frees, one for every name whose watcher expires.
+        self.watcher.on_events = self.watcher.on_failed = self.watcher.on_created = None
         task = self._resyncing
         if task is not None and not task.done():
             task.cancel()

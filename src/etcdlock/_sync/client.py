@@ -40,9 +40,12 @@ from etcdlock._recipes.lock import Lock
 from etcdlock._recipes.session import DEFAULT_TTL
 from etcdlock._recipes.status import LockStatus
 from etcdlock._sync.debug import SyncDebugServer
+from etcdlock._sync.election import SyncElection
 from etcdlock._sync.keepalive import SyncKeepAlive
 from etcdlock._sync.lock import SyncLock
 from etcdlock._sync.portal import Portal
+from etcdlock._sync.rwlock import SyncRWLock
+from etcdlock._sync.semaphore import SyncSemaphore
 from etcdlock._sync.session import SyncSession
 from etcdlock._sync.watch import SyncWatch
 
@@ -255,7 +258,8 @@ class SyncClient:
     # ---- locks ----
 
     def lock_status(self, name: str, *, timeout: float | None = None) -> LockStatus:
-        """Who holds lock `name` and who waits for it (see Client.lock_status)."""
+        """Who holds `name` (a lock, an election, a semaphore or a read/write lock) and who waits for it
+        (see Client.lock_status)."""
         return self._portal.call(self._client.lock_status(name, timeout=timeout))
 
     def lock(
@@ -276,10 +280,10 @@ class SyncClient:
         Raises ConfigError for bad arguments (as Client.lock)."""
         on_session = session.async_session if session is not None else None
 
-        def make(timeout: float | None) -> Lock:  # one async Lock per acquisition, made on the loop
+        def make() -> Lock:  # one async Lock per acquisition, made on the loop
             return self._client.lock(name, ttl=ttl, timeout=timeout, session=on_session)
 
-        self._portal.run(lambda: make(timeout))  # it checks the arguments: bad input fails here, at once
+        self._portal.run(make)  # it checks the arguments: bad input fails here, at once
         return SyncLock(self._portal, name, make, timeout=timeout, on_lost=on_lost)
 
     def try_lock(
@@ -294,6 +298,50 @@ class SyncClient:
         The lock returned is held: release() it, or use it in `with` (which then releases it)."""
         lock = self.lock(name, ttl=ttl, session=session, on_lost=on_lost)
         return lock if lock.acquire(timeout=0) else None
+
+    def election(self, name: str) -> SyncElection:
+        """The election on `name` (nothing is sent yet): ``with client.election("svc/leader")
+        .campaign("node-1") as term:`` runs the body while we lead; `leader()` reads the leader, and
+        ``with election.observe() as leaders: for leader in leaders:`` follows it. Wire-compatible with
+        Go's concurrency.Election and `etcdctl elect`. Raises ConfigError for a bad name."""
+        return SyncElection(self._portal, self._client, self._portal.run(lambda: self._client.election(name)))
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: SyncSession | None = None,
+    ) -> SyncSemaphore:
+        """A semaphore on `name` with `limit` holders at most (nothing is sent yet): ``with
+        client.semaphore("pool", 4) as slot:``, from as many threads as you like (each its own slot),
+        FIFO, each holder with its own fencing token (`slot.token`). Every user of the name must give the
+        same limit (else LimitMismatchError). Raises ConfigError for a bad name, limit, ttl or timeout."""
+        on_session = session.async_session if session is not None else None
+        semaphore = self._portal.run(
+            lambda: self._client.semaphore(name, limit, ttl=ttl, timeout=timeout, session=on_session)
+        )
+        return SyncSemaphore(self._portal, semaphore, timeout=timeout)
+
+    def rwlock(
+        self,
+        name: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        timeout: float | None = None,
+        session: SyncSession | None = None,
+    ) -> SyncRWLock:
+        """A read/write lock on `name` (nothing is sent yet): ``with rw.read():`` shared, ``with
+        rw.write():`` exclusive; queue order decides, so writers are not starved by readers.
+        Wire-compatible with etcd's contrib/recipes RWMutex. Raises ConfigError for a bad name, ttl or
+        timeout."""
+        on_session = session.async_session if session is not None else None
+        rwlock = self._portal.run(
+            lambda: self._client.rwlock(name, ttl=ttl, timeout=timeout, session=on_session)
+        )
+        return SyncRWLock(self._portal, rwlock, timeout=timeout)
 
     def session(self, ttl: int = DEFAULT_TTL) -> SyncSession:
         """``with client.session(ttl) as s:`` — one lease that several locks can share."""
