@@ -748,6 +748,7 @@ def report(
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- etcd: {version} (Debian), one member on loopback, started fresh for the run",
+        f"- etcdlock: {source_tree()}",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}",
         f"- method: {args.rounds} rounds x {args.duration:g} s per implementation and scenario; in each round the",
@@ -756,9 +757,11 @@ def report(
         "  (both runs of a round saw the same machine state); ops/s and latencies are medians of the rounds.",
         "  Keys under bench/ and etcd's leases are counted after every run.",
         f"- election: {args.candidates} candidate processes, each its own `Client` (its default session), loop",
-        "  `async with client.election(name).campaign(proposal) as term:` with an empty body (resign at once);",
-        f"  Go: `etcdlock-go-interop electbench --workers {args.candidates}` (interop/go/main.go, etcd 3.4's",
-        "  clientv3/concurrency), one process, a client and a session per worker, Campaign -> Resign.",
+        "  `async with election.campaign(proposal) as term:` (`election = client.election(name)` once) with an",
+        "  empty body (resign at once); Go: `etcdlock-go-interop electbench --workers N` (interop/go/main.go,",
+        "  etcd 3.4's clientv3/concurrency), one process, a client and a session per worker, Campaign -> Resign;",
+        "  the floor `py-raw-ring`: N processes on bare grpc.aio doing the same RPCs and receiving the same",
+        "  events per hand-over, no etcdlock code. The 2- and 8-candidate sweeps have no target.",
         f"- mutex and semaphores: one `Client`, {args.workers} tasks, `async with client.lock(name):` /",
         "  `async with client.semaphore(name, limit):` per cycle (default session, TTL 10 s).",
         f"- command: `{command}`",
@@ -777,6 +780,16 @@ def report(
     if notes:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     return "\n".join(lines)
+
+
+def source_tree() -> str:
+    """The commit measured (and whether the tree had changes on top of it)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench", "interop")
+    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (" with local changes" if dirty else "")
 
 
 def go_binary(path: str | None) -> str:
