@@ -2,9 +2,12 @@
 
     .venv/bin/python scripts/reliability.py --runs 5            # all scenarios, ~25 min on 2 cores
     .venv/bin/python scripts/reliability.py --runs 1 --scenario holder-paused --out /tmp/r.md
+    .venv/bin/python scripts/reliability.py --runs 10 --scenario election-leader-killed \
+        --merge docs/reliability/runs.json    # re-run one scenario, keep the others' recorded runs
 
 Each run starts its own 3-member etcd cluster behind fault proxies, K worker processes, a fenced
-resource, and stops all of them by PID. Per-run details go to docs/reliability/runs.json.
+resource, and stops all of them by PID. Per-run details go to docs/reliability/runs.json, each with the
+campaign it came from (commit, date, command, etcd, machine), which RELIABILITY.md lists.
 """
 
 from __future__ import annotations
@@ -31,26 +34,71 @@ def etcd_version() -> str:
     return out.splitlines()[0].strip()
 
 
-def table(reports: list[RunReport], cfg: CheckerConfig, runs: int, command: str) -> str:
+def commit() -> str:
+    """HEAD's short hash, "+changes" if the code run differs from it (uncommitted changes in src/ or
+    scripts/)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src", "scripts"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return head + ("+changes" if changed else "")
+
+
+def this_campaign(command: str) -> dict[str, str]:
+    return {
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command,
+        "etcd": etcd_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}",
+    }
+
+
+def campaign_lines(reports: list[RunReport]) -> list[str]:
+    """Where the runs were made: one set of lines, or one per campaign when runs of several are kept."""
+    campaigns: dict[tuple[str, ...], list[str]] = {}
+    for r in reports:
+        key = tuple(r.campaign.get(k, "?") for k in ("date", "commit", "command", "etcd", "machine"))
+        if r.scenario not in campaigns.setdefault(key, []):
+            campaigns[key].append(r.scenario)
+    setup = (
+        "3 members on loopback (heartbeat 50 ms, election 500 ms), each behind a fault-injecting TCP proxy "
+        "per worker; in the partition scenarios the members' peer traffic goes through a router that cuts "
+        "links between members"
+    )
+    etcds = sorted({key[3] for key in campaigns})
+    machines = sorted({key[4] for key in campaigns})
+    lines = [f"- etcd: {' / '.join(etcds)}, {setup}", f"- machine: {' / '.join(machines)}"]
+    if len(campaigns) == 1:
+        ((date, head, command, _, _),) = campaigns
+        return [f"- date: {date}", f"- commit: {head}", *lines, f"- command: `{command}`"]
+    lines.append("- campaigns (each scenario's runs come from one):")
+    for (date, head, command, etcd, machine), names in campaigns.items():
+        where = "" if len(etcds) == len(machines) == 1 else f", {etcd}, {machine}"
+        lines.append(f"  - {date}, commit {head}{where}, `{command}`: {', '.join(names)}")
+    return lines
+
+
+def table(reports: list[RunReport], cfg: CheckerConfig, runs: int) -> str:
     lines = [
         "# Reliability under faults",
         "",
         "Produced by `scripts/reliability.py` (the safety checker in `src/etcdlock/_chaos/`); "
         "do not edit by hand.",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- etcd: {etcd_version()}, 3 members on loopback (heartbeat 50 ms, election 500 ms), "
-        "each behind a fault-injecting TCP proxy per worker; in the partition scenarios the members' peer "
-        "traffic goes through a router that cuts links between members",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
-        f"Python {platform.python_version()}",
+        *campaign_lines(reports),
         f"- workload per run, unless a scenario's description says otherwise: {cfg.workers} worker "
         f"processes contend on {cfg.names} lock names (TTL {cfg.ttl} s, acquire timeout "
         f"{cfg.acquire_timeout:g} s); each holder makes {cfg.writes} writes 20 ms apart to a fenced "
         "resource, each after `await ensure_held()` (150 writes, a hold of ~4 s, in the scenarios aimed at "
         "a holder, so the fault finds it mid-work; their liveness includes waiting out such holds); in "
-        "lease-revoked-during-txn-loops the check before each write is a guarded `lock.txn` instead",
-        f"- command: `{command}`",
+        "lease-revoked-during-txn-loops the check before each write is a guarded `lock.txn` instead; in the "
+        "election-* scenarios each name is an election whose leader makes the writes, fenced by its term's "
+        "token; in the semaphore-* scenarios it is a semaphore whose holders register their tokens with a "
+        "counting resource when they get in and leave it when they let go",
         "",
         "Violations counted (all must be 0): the resource accepting a stale token; a write sent after the "
         "holder was told `lost`; a write sent after a later holder had acquired the name (overlap); "
@@ -60,7 +108,16 @@ def table(reports: list[RunReport], cfg: CheckerConfig, runs: int, command: str)
         "of an outside deletion or revoke; "
         "an acquire that timed out (a missed wake-up); a worker crash; liveness failing (a name not "
         "acquired again after the "
-        "heal). Leftovers are keys under the run's prefix and leases, after a clean shutdown (a killed "
+        "heal). "
+        "For elections also: two leaders' accepted writes interleaving at the resource (two-leaders); no new "
+        "leader within TTL + 1 s of a fault that took the leader's lease (slow-new-leader; counted from the "
+        "fault, which stops the lease's renewals, or, when the fault made etcd elect a new raft leader, "
+        "which renews every lease itself, from that renewal). For semaphores, instead of the stale-token, "
+        "overlap and held-after-newer rules (which assume one holder): more than `limit` holders acting at "
+        "once, at the counting resource (over-limit-accepted: a holder acts from its registration to its "
+        "last accepted write; the resource refuses a write that would make it more) and by the workers' own "
+        "logs (over-limit-sent: from the acquire to the last write sent). "
+        "Leftovers are keys under the run's prefix and leases, after a clean shutdown (a killed "
         "worker's lease is given its TTL). Lost-signal latency: from the lock being gone in etcd (its key's "
         "deletion seen by the checker's own watch), or from SIGCONT for a paused holder if later, to the "
         "holder's `lost` signal; negative means the holder knew before etcd deleted the key (its local "
@@ -121,26 +178,45 @@ def main() -> int:
     ap.add_argument(
         "--render", metavar="RUNS_JSON", help="write --out from a recorded runs.json instead of running"
     )
+    ap.add_argument(
+        "--merge",
+        metavar="RUNS_JSON",
+        help="keep the recorded runs of the scenarios not run now (--out and --json get both)",
+    )
     args = ap.parse_args()
     cfg = CheckerConfig()
     if args.render:
-        recorded = [RunReport(**r) for r in json.loads(Path(args.render).read_text())]
-        runs = max(sum(r.scenario == s for r in recorded) for s in {r.scenario for r in recorded})
-        Path(args.out).write_text(table(recorded, cfg, runs, f"python scripts/reliability.py --runs {runs}"))
+        recorded = load(Path(args.render))
+        Path(args.out).write_text(table(recorded, cfg, per_scenario(recorded)))
         print(f"wrote {args.out}")
         return 0
+    campaign = this_campaign(("python scripts/reliability.py " + " ".join(sys.argv[1:])).strip())
     reports: list[RunReport] = []
+    started = time.monotonic()
     for name in args.scenario or list(SCENARIOS):
         for run in range(args.runs):
             report = run_scenario(SCENARIOS[name], run=run, cfg=cfg)
+            report.campaign = campaign
             print(report.summary(), flush=True)
             reports.append(report)
-    command = "python scripts/reliability.py " + " ".join(sys.argv[1:])
-    Path(args.out).write_text(table(reports, cfg, args.runs, command.strip()))
+    print(f"{len(reports)} runs in {time.monotonic() - started:.0f} s", flush=True)
+    ran = {r.scenario for r in reports}
+    kept = [r for r in load(Path(args.merge)) if r.scenario not in ran] if args.merge else []
+    order = list(SCENARIOS)
+    everything = sorted(kept + reports, key=lambda r: (order.index(r.scenario), r.run))
+    Path(args.out).write_text(table(everything, cfg, per_scenario(everything)))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps([asdict(r) for r in reports], indent=1) + "\n")
+    Path(args.json).write_text(json.dumps([asdict(r) for r in everything], indent=1) + "\n")
     print(f"wrote {args.out} and {args.json}")
     return 0 if all(r.ok for r in reports) else 1
+
+
+def load(path: Path) -> list[RunReport]:
+    return [RunReport(**r) for r in json.loads(path.read_text())]
+
+
+def per_scenario(reports: list[RunReport]) -> int:
+    return max(sum(r.scenario == s for r in reports) for s in {r.scenario for r in reports})
 
 
 if __name__ == "__main__":

@@ -52,6 +52,17 @@ FACTS = {
     "partition-leader-isolated": ["work went on through the other members while the leader was cut off"],
     "partition-slow-leader-isolated": ["the cut-off leader still led when the others had elected a new one"],
     "lease-revoked-during-txn-loops": ["another process took the lock after its holder's lease was revoked"],
+    "election-leader-killed": ["a new leader within TTL + 1 s of the fault"],
+    "election-leader-paused": [
+        "a new leader within TTL + 1 s of the fault",
+        "the old leader's `lost` fired before it wrote again",
+    ],
+    "election-leader-partitioned": [
+        "a new leader within TTL + 1 s of the fault",
+        "the cut-off leader's `lost` fired before it had a successor",
+    ],
+    "semaphore-holder-paused": ["the old holder's `lost` fired before it wrote again"],
+    "semaphore-holder-partitioned": ["the cut-off holder's `lost` fired before it had a successor"],
 }
 
 
@@ -64,3 +75,31 @@ def test_the_checker_catches_holders_that_ignore_loss() -> None:
     kinds = {v.split(":")[0] for v in report.violations}
     assert "overlap" in kinds, report.summary()
     assert "stale-accepted" in kinds, report.summary()
+
+
+def kinds(report: RunReport) -> set[str]:
+    return {v.split(":")[0] for v in report.violations}
+
+
+def test_the_checker_catches_leaders_that_ignore_loss() -> None:
+    """The paused leader, never checking, writes on after a new leader is in; with fencing off the
+    resource takes both, and the checker must see the two leaders' writes interleave."""
+    cfg = CheckerConfig(ignore_loss=True, fence=False)
+    report = run_scenario(SCENARIOS["election-leader-paused"], cfg=cfg)
+    print(report.summary())
+    assert {"two-leaders", "overlap", "stale-accepted", "write-after-lost"} <= kinds(report), report.summary()
+
+
+@pytest.mark.parametrize("fence", [False, True])
+def test_the_checker_catches_semaphore_holders_that_ignore_loss(fence: bool) -> None:
+    """The paused holder, never checking, writes on after its place was filled (limit 2: three act at
+    once). The workers' own logs say so either way; the counting resource refuses those writes, and
+    with its enforcement off its log shows the crowd."""
+    cfg = CheckerConfig(ignore_loss=True, fence=fence)
+    report = run_scenario(SCENARIOS["semaphore-holder-paused"], cfg=cfg)
+    print(report.summary())
+    assert {"over-limit-sent", "write-after-lost"} <= kinds(report), report.summary()
+    if fence:
+        assert "over-limit-accepted" not in kinds(report) and report.writes_rejected > 0, report.summary()
+    else:
+        assert "over-limit-accepted" in kinds(report) and report.writes_rejected == 0, report.summary()

@@ -1,5 +1,5 @@
-"""The safety checker: K worker processes contend on M lock names under a fault schedule; afterwards
-their logs, the fenced resource's log and etcd itself are checked.
+"""The safety checker: K worker processes contend on M lock names (or elections, or semaphores) under a
+fault schedule; afterwards their logs, the fenced resource's log and etcd itself are checked.
 
 Violations (each must be 0):
   * stale-accepted: the resource accepted a token lower than one it had accepted before for that name
@@ -14,6 +14,13 @@ Violations (each must be 0):
   * txn-after-revoke: a guarded txn succeeded though it was sent after its lease was revoked from outside;
   * crash: a worker died on its own, or did not shut down cleanly when asked;
   * harness: a worker ran another copy of etcdlock than the checker's.
+Elections, besides the lock's: two-leaders: two leaders' accepted writes interleave at the resource (a
+token accepted again after a later token's); slow-new-leader: no new leader within TTL + 1 s of a fault
+that took the old one's lease away (failures the fault schedule reports). Semaphores, instead of
+stale-accepted, overlap and held-after-newer (which assume one holder): over-limit-accepted: the counting
+resource let more than `limit` holders act at once (recomputed from its log: a holder acts from its entry
+to its last accepted write); over-limit-sent: more than `limit` holders acted at once by their own logs
+(from the acquire to the last write sent).
 Liveness: once the faults heal, every name is acquired again. Leftovers: after the clean shutdown no keys
 under the run's prefix and no leases remain (a SIGKILLed worker's lease is given its TTL to expire).
 Lost-signal latency: from the moment the lock was gone in etcd (its key deleted, as the checker's own
@@ -36,7 +43,15 @@ from typing import Any
 
 import etcdlock
 from etcdlock._chaos.harness import ClusterSpec, FaultCluster, wait_for
-from etcdlock._chaos.resource import FencedResource, stale_accepted
+from etcdlock._chaos.resource import (
+    CountingResource,
+    FencedResource,
+    Write,
+    crowds,
+    interleaved,
+    over_limit,
+    stale_accepted,
+)
 from etcdlock._chaos.worker import WorkerConfig
 from etcdlock._core.errors import EtcdError
 from etcdlock._core.types import EventType
@@ -72,6 +87,8 @@ class Workload:
     # short holds; they take over when a fault on member 0 costs its holder the lock.
     bystanders: int = 0
     bystander_writes: int = 20
+    recipe: str = "lock"  # what each name is: "lock", "election" or "semaphore" (worker.RECIPES)
+    limit: int = 1  # a semaphore's limit: how many hold a name at once
 
     def applied_to(self, cfg: CheckerConfig) -> CheckerConfig:
         return dataclasses.replace(
@@ -111,6 +128,8 @@ class RunReport:
     left_at_shutdown: list[int] = field(default_factory=lambda: [0, 0])  # keys, leases right after it
     leases_at_shutdown: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    # Where the run was made: commit, date, command, etcd, machine (set by scripts/reliability.py).
+    campaign: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -246,6 +265,8 @@ class FaultContext:
         cfg: CheckerConfig,
         *,
         seed: int = 0,
+        limit: int = 1,
+        deleted: dict[str, float] | None = None,
     ) -> None:
         self.fc = fc
         self.observer = observer
@@ -253,6 +274,9 @@ class FaultContext:
         self.events = events
         self.cfg = cfg
         self.writes_per_hold = cfg.writes
+        self.limit = limit  # holders of a name at once: the lowest LIMIT keys
+        self.deleted = {} if deleted is None else deleted  # key -> when the checker's watch saw it go
+        self.caught_at: float | None = None  # when pause_a_holder stopped (or killed) the holder it caught
         self.fault_at: float | None = None
         self.healed_at: float | None = None
         self.pauses: list[tuple[str, float, float]] = []  # (worker, paused at, resumed at)
@@ -299,26 +323,46 @@ class FaultContext:
         return found
 
     def holders(self) -> Iterator[tuple[str, str, int, int]]:
-        """(name, worker, lease, token) of each name that has a holder per etcd right now."""
+        """(name, worker, lease, token) of each holder of each name per etcd right now."""
         for name in self.names:
-            found = self.holder(name)
-            if found is not None:
+            for found in self.holders_of(name):
                 yield (name, *found)
 
-    def holder(self, name: str) -> tuple[str, int, int] | None:
-        """(worker, lease, token) of NAME's current holder per etcd, or None."""
-        r = self.observer.get(name + "/", prefix=True, sort_order="ascend", sort_target="create", limit=1)
-        if not r.kvs:
-            return None
-        kv = r.kvs[0]
-        lease = kv.lease
-        for e in self.events.of("acquire"):
-            if e["lease"] == lease and e["name"] == name:
-                return str(e["worker"]), lease, kv.create_revision
-        return None
+    def holders_of(self, name: str) -> list[tuple[str, int, int]]:
+        """(worker, lease, token) of NAME's current holders per etcd: the keys of the `limit` lowest
+        create revisions (one for a lock or an election), those a worker has reported acquiring."""
+        r = self.observer.get(
+            name + "/", prefix=True, sort_order="ascend", sort_target="create", limit=self.limit
+        )
+        acquired = {(e["name"], e["lease"]): str(e["worker"]) for e in self.events.of("acquire")}
+        return [
+            (acquired[(name, kv.lease)], kv.lease, kv.create_revision)
+            for kv in r.kvs
+            if (name, kv.lease) in acquired
+        ]
 
     def worker(self, name: str) -> Any:
         return next(w for w in self.fc.workers if w.cfg.worker == name)
+
+    def slot_taken_over(self, name: str, token: int, since: float) -> float | None:
+        """When `limit` processes other than the holder with TOKEN first acted on NAME at once, one of
+        them having acquired after SINCE: the moment TOKEN's place went to another (the others alone
+        fill the semaphore); None if that has not happened yet. Each acts from its acquire to its last
+        write sent, within the time etcd counted it among the holders."""
+        spans: dict[int, list[float]] = {}
+        for e in self.events.all():
+            if e.get("name") != name or e.get("token") in (None, token):
+                continue
+            if e["ev"] == "acquire":
+                spans[e["token"]] = [float(e["t"]), float(e["t"])]
+            elif e["ev"] == "write" and e["token"] in spans:
+                spans[e["token"]][1] = float(e["sent"])
+        full = [
+            max(spans[t][0] for t in crowd)
+            for crowd in crowds(spans, self.limit - 1)
+            if max(spans[t][0] for t in crowd) > since
+        ]
+        return min(full, default=None)
 
     def writes_done(self, worker: str, token: int) -> int:
         return sum(1 for e in self.events.of("write") if e["worker"] == worker and e["token"] == token)
@@ -342,11 +386,16 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
     report = RunReport(scenario=scenario.name, run=run)
     started = time.monotonic()
     prefix = f"/chaos/{scenario.name}/{run}/"
-    names = [f"{prefix}lock{i}" for i in range(cfg.names)]
+    names = [f"{prefix}{workload.recipe}{i}" for i in range(cfg.names)]  # lock0, election0, ...
     cluster: ClusterSpec = scenario.cluster
+    resource = (
+        CountingResource(workload.limit, enforce=cfg.fence)
+        if workload.recipe == "semaphore"
+        else FencedResource(enforce=cfg.fence)
+    )
     with (
         FaultCluster(cluster) as fc,
-        FencedResource(enforce=cfg.fence) as resource,
+        resource,
         SyncClient(fc.direct_endpoints) as observer,
     ):
         recorder = DeletionRecorder(observer, prefix).start()
@@ -370,10 +419,14 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
                         ignore_loss=cfg.ignore_loss,
                         txn_writes=workload.txn_writes,
                         lease_margin=cfg.lease_margin,
+                        recipe=workload.recipe,
+                        limit=workload.limit,
                     )
                 )
             events = Events(logs)
-            ctx = FaultContext(fc, observer, names, events, cfg, seed=run)
+            ctx = FaultContext(
+                fc, observer, names, events, cfg, seed=run, limit=workload.limit, deleted=recorder.deleted
+            )
             wait_for(
                 lambda: len(events.of("ready")) == cfg.workers,
                 cfg.liveness_timeout,
@@ -428,7 +481,7 @@ def run_scenario(scenario: Any, *, run: int = 0, cfg: CheckerConfig | None = Non
             _leftovers(report, observer, prefix, ctx, cfg)
         finally:
             recorder.close()
-        _judge(report, events, resource, recorder, ctx, exits)
+        _judge(report, events, resource, recorder, ctx, exits, workload)
     report.duration_s = round(time.monotonic() - started, 1)
     return report
 
@@ -483,6 +536,7 @@ def _judge(
     recorder: DeletionRecorder,
     ctx: FaultContext,
     exits: dict[str, int],
+    workload: Workload,
 ) -> None:
     evs = events.all()
     acquires = [e for e in evs if e["ev"] == "acquire"]
@@ -490,29 +544,20 @@ def _judge(
     lost = [e for e in evs if e["ev"] == "lost"]
     report.acquisitions = len(acquires)
     log = resource.snapshot()
-    report.writes = len(log)
-    report.writes_rejected = sum(1 for w in log if not w.accepted)
+    report.writes = sum(1 for w in log if w.op == "W")
+    report.writes_rejected = sum(1 for w in log if w.op == "W" and not w.accepted)
     report.losses = len(lost)
     report.errors = sum(1 for e in evs if e["ev"] == "error")
 
-    for bad in stale_accepted(log):
-        report.violations.append(f"stale-accepted: {bad.name} token {bad.token} from {bad.worker}")
     lost_at = {(e["worker"], e["name"], e["token"]): float(e["t"]) for e in lost}
     for w in writes:
         t_lost = lost_at.get((w["worker"], w["name"], w["token"]))
         if t_lost is not None and w["sent"] > t_lost:
             report.violations.append(f"write-after-lost: {w['worker']} {w['name']} token {w['token']}")
-    for w in writes:
-        later = [
-            a for a in acquires if a["name"] == w["name"] and a["token"] > w["token"] and a["t"] < w["sent"]
-        ]
-        if later:
-            first = later[0]
-            report.violations.append(
-                f"overlap: {w['worker']} wrote {w['name']} with token {w['token']} after "
-                f"{first['worker']} acquired it with token {first['token']}"
-            )
-    report.violations.extend(_checks_after_newer(evs, acquires))
+    if workload.recipe == "semaphore":
+        report.violations.extend(_over_limit(log, acquires, writes, workload.limit))
+    else:
+        report.violations.extend(_one_holder_violations(log, acquires, writes, evs, workload.recipe))
     report.violations.extend(_txn_violations(evs, ctx.revoked))
     for e in evs:
         if e["ev"] == "timeout":
@@ -536,6 +581,53 @@ def _judge(
         if not ref_candidates:
             continue
         report.lost_latencies_ms.append(round((float(e["t"]) - max(ref_candidates)) * 1000, 1))
+
+
+def _one_holder_violations(
+    log: list[Write],
+    acquires: list[dict[str, Any]],
+    writes: list[dict[str, Any]],
+    evs: list[dict[str, Any]],
+    recipe: str,
+) -> list[str]:
+    """A lock's (and an election's) rules: tokens only go up at the resource, and nobody acts (writes,
+    passes a check) once a later holder acquired the name."""
+    out = [f"stale-accepted: {bad.name} token {bad.token} from {bad.worker}" for bad in stale_accepted(log)]
+    if recipe == "election":
+        out += [
+            f"two-leaders: {name} accepted token {token} again after token {between}"
+            for name, token, between in interleaved(log)
+        ]
+    for w in writes:
+        later = [
+            a for a in acquires if a["name"] == w["name"] and a["token"] > w["token"] and a["t"] < w["sent"]
+        ]
+        if later:
+            first = later[0]
+            out.append(
+                f"overlap: {w['worker']} wrote {w['name']} with token {w['token']} after "
+                f"{first['worker']} acquired it with token {first['token']}"
+            )
+    return out + _checks_after_newer(evs, acquires)
+
+
+def _over_limit(
+    log: list[Write], acquires: list[dict[str, Any]], writes: list[dict[str, Any]], limit: int
+) -> list[str]:
+    """A semaphore's rule: no more than LIMIT holders act at once, at the resource and by their own logs."""
+    out = [
+        f"over-limit-accepted: {name}: tokens {tokens} acted at once at the resource (limit {limit})"
+        for name, tokens in over_limit(log, limit)
+    ]
+    spans: dict[tuple[str, int], list[float]] = {(a["name"], a["token"]): [a["t"], a["t"]] for a in acquires}
+    worker_of = {(a["name"], a["token"]): a["worker"] for a in acquires}
+    for w in writes:
+        spans[(w["name"], w["token"])][1] = float(w["sent"])
+    for name in sorted({n for n, _ in spans}):
+        for tokens in crowds({t: span for (n, t), span in spans.items() if n == name}, limit):
+            who = [worker_of[(name, t)] for t in tokens]
+            out.append(f"over-limit-sent: {name}: tokens {tokens} of {who} acted at once (limit {limit})")
+    return out
 
 
 def _checks_after_newer(evs: list[dict[str, Any]], acquires: list[dict[str, Any]]) -> list[str]:
@@ -601,6 +693,7 @@ def pause_a_holder(
     while time.monotonic() < deadline:
         for name, worker, lease, token in ctx.holders():
             proc = ctx.worker(worker)
+            caught = time.monotonic()
             proc.pause()
             # Did it still hold the lock when it stopped? Its key must still be there.
             again = ctx.observer.get(f"{name}/{lease:x}", keys_only=True)
@@ -609,6 +702,7 @@ def pause_a_holder(
                 if kill:
                     proc.kill()
                     ctx.killed.append(worker)
+                ctx.caught_at = caught  # its lease has not been renewed since
                 return worker, name, lease, token
             proc.resume()  # it had let go in between: try again
         time.sleep(0.01)  # poll the queue again (a condition wait with the deadline above)

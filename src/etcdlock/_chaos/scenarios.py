@@ -13,6 +13,14 @@ from types import TracebackType
 
 from etcdlock._chaos.checker import FaultContext, Workload, pause_a_holder, running_holder
 from etcdlock._chaos.harness import ClusterSpec
+from etcdlock._chaos.recipe_scenarios import (
+    HOLDER,
+    LEADER,
+    member_killed,
+    process_killed,
+    process_partitioned,
+    process_paused,
+)
 from etcdlock._core.errors import EtcdError
 from etcdlock.testing import EtcdMember
 
@@ -433,6 +441,9 @@ def lease_revoked_during_txn_loops(ctx: FaultContext) -> None:
     ctx.mark_healed()
 
 
+ELECTION = Workload(recipe="election", workers=4, names=1, writes=150)
+SEMAPHORE = Workload(recipe="semaphore", limit=2, workers=5, names=1, writes=150)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -512,6 +523,63 @@ SCENARIOS: dict[str, Scenario] = {
             "from outside mid-loop (3 times)",
             lease_revoked_during_txn_loops,
             workload=Workload(txn_writes=True, writes=150),
+        ),
+        # Elections: 4 candidates on 1 election, terms of 150 writes (~4 s): the fault finds the leader
+        # mid-term.
+        Scenario(
+            "election-leader-killed",
+            "4 candidates, 1 election, terms of ~4 s: the leader process is SIGKILLed mid-term",
+            process_killed(LEADER),
+            workload=ELECTION,
+        ),
+        Scenario(
+            "election-leader-paused",
+            "4 candidates, 1 election, terms of ~4 s: the leader process is SIGSTOPped past its TTL until "
+            "a new leader is in, then SIGCONTed",
+            process_paused(LEADER),
+            workload=ELECTION,
+        ),
+        Scenario(
+            "election-leader-member-killed",
+            "4 candidates, 1 election, terms of ~4 s: the member the leader talks to, made the raft leader, "
+            "is SIGKILLed mid-term, restarted 2 s after the others have a leader",
+            member_killed(LEADER),
+            workload=ELECTION,
+        ),
+        Scenario(
+            "election-leader-partitioned",
+            "4 candidates, 1 election, terms of ~4 s: the leader process is black-holed from every member "
+            "mid-term until a new leader is in",
+            process_partitioned(LEADER),
+            workload=ELECTION,
+        ),
+        # Semaphores: 5 workers on 1 semaphore of limit 2, holds of 150 writes.
+        Scenario(
+            "semaphore-holder-killed",
+            "5 workers, 1 semaphore of limit 2, holds of ~4 s: a holder process is SIGKILLed mid-hold",
+            process_killed(HOLDER),
+            workload=SEMAPHORE,
+        ),
+        Scenario(
+            "semaphore-holder-paused",
+            "5 workers, 1 semaphore of limit 2, holds of ~4 s: a holder process is SIGSTOPped past its TTL "
+            "until its place went to another, then SIGCONTed",
+            process_paused(HOLDER),
+            workload=SEMAPHORE,
+        ),
+        Scenario(
+            "semaphore-holder-member-killed",
+            "5 workers, 1 semaphore of limit 2, holds of ~4 s: the member a holder talks to, made the raft "
+            "leader, is SIGKILLed mid-hold, restarted 2 s after the others have a leader",
+            member_killed(HOLDER),
+            workload=SEMAPHORE,
+        ),
+        Scenario(
+            "semaphore-holder-partitioned",
+            "5 workers, 1 semaphore of limit 2, holds of ~4 s: a holder process is black-holed from every "
+            "member mid-hold until its place went to another",
+            process_partitioned(HOLDER),
+            workload=SEMAPHORE,
         ),
     ]
 }

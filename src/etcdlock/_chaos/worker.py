@@ -1,12 +1,15 @@
 """A lock worker for the safety checker: one per process, run as `python -m etcdlock._chaos.worker CONFIG`.
 
-Loop until SIGTERM: pick a lock name, acquire it (own session, the plain `client.lock(...)` path), then
-make WRITES writes to the fenced resource, each preceded by `await ensure_held()`: a holder that has been
-told it lost the lock stops there. With txn_writes, the check before each write is a write to etcd guarded
-by ownership instead (`lock.txn`), which must raise LockLost once the lock is not ours. Release, and go
-again. Every step is logged as one JSON line, written through at once, so the checker has the record even
-of a process it kills; each ownership check that passed is logged as "checked", with the moment it was
-asked, so the checker can tell one that passed after another process had acquired the lock.
+Loop until SIGTERM: pick a name, acquire it (own session, the plain client path: `client.lock(...)`, or
+for recipe="election" a campaign with the worker's name as its proposal, or for recipe="semaphore" a slot of
+a semaphore of `limit`), then make WRITES writes to the fenced resource, each preceded by `await
+ensure_held()`: a holder that has been told it lost the lock stops there. With txn_writes, the check before
+each write is a write to etcd guarded by ownership instead (`lock.txn`), which must raise LockLost once the
+lock is not ours. A semaphore's holder registers its token with the (counting) resource when it gets in
+and unregisters it when it lets go. Release, and go again. Every step is logged as one JSON line, written
+through at once, so the checker has the record even of a process it kills; each ownership check that passed
+is logged as "checked", with the moment it was asked, so the checker can tell one that passed after
+another process had acquired the lock.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from etcdlock import Client
 from etcdlock._core.errors import EtcdError
 from etcdlock._core.txn import Op
 from etcdlock._recipes.errors import LockLost
-from etcdlock._recipes.lock import Lock
+from etcdlock._recipes.holdable import Holdable
+
+RECIPES = ("lock", "election", "semaphore")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class WorkerConfig:
     ignore_loss: bool = False
     txn_writes: bool = False  # check ownership by a guarded write to etcd (lock.txn), not ensure_held()
     lease_margin: float | None = None  # the client's lease safety margin; None: the library's default
+    recipe: str = "lock"  # one of RECIPES: what each name is
+    limit: int = 1  # a semaphore's limit
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -82,7 +89,17 @@ class FenceClient:
         return cls(*await asyncio.open_connection(host, int(port)))
 
     async def write(self, name: str, token: int, worker: str, seq: int) -> bool:
-        self._writer.write(f"W {name} {token} {worker} {seq}\n".encode())
+        return await self._ask(f"W {name} {token} {worker} {seq}")
+
+    async def enter(self, name: str, token: int, worker: str) -> bool:
+        """Register TOKEN as a holder of NAME (the counting resource of a semaphore)."""
+        return await self._ask(f"E {name} {token} {worker} 0")
+
+    async def leave(self, name: str, token: int, worker: str) -> bool:
+        return await self._ask(f"X {name} {token} {worker} 0")
+
+    async def _ask(self, request: str) -> bool:
+        self._writer.write(f"{request}\n".encode())
         reply = await self._reader.readline()
         if not reply:
             raise ConnectionError("the fenced resource closed the connection")
@@ -99,7 +116,7 @@ def data_key(name: str) -> str:
 
 
 async def check_ownership(
-    cfg: WorkerConfig, log: EventLog, lock: Lock, token: int, lease: int, seq: int
+    cfg: WorkerConfig, log: EventLog, lock: Holdable, token: int, lease: int, seq: int
 ) -> None:
     """Raise LockLost unless the lock is still ours; log the check that passed ("checked")."""
     asked = time.monotonic()
@@ -121,10 +138,20 @@ async def check_ownership(
     log.emit("checked", name=lock.name, token=token, asked=asked, via=via)
 
 
+def holdable(cfg: WorkerConfig, client: Client, name: str) -> Holdable:
+    """What this worker takes on NAME: a lock, a term of the election NAME, or a slot of the semaphore."""
+    if cfg.recipe == "election":
+        return client.election(name).campaign(cfg.worker, ttl=cfg.ttl, timeout=cfg.acquire_timeout)
+    if cfg.recipe == "semaphore":
+        return client.semaphore(name, cfg.limit, ttl=cfg.ttl, timeout=cfg.acquire_timeout).slot()
+    assert cfg.recipe == "lock", cfg.recipe
+    return client.lock(name, ttl=cfg.ttl, timeout=cfg.acquire_timeout)
+
+
 async def hold_and_write(
     cfg: WorkerConfig, log: EventLog, client: Client, fence: FenceClient, name: str
 ) -> None:
-    lock = client.lock(name, ttl=cfg.ttl, timeout=cfg.acquire_timeout)
+    lock = holdable(cfg, client, name)
     if not await lock.acquire():
         log.emit("timeout", name=name)
         return
@@ -132,20 +159,34 @@ async def hold_and_write(
     log.emit("acquire", name=name, token=token, lease=lease)
     lock.add_lost_callback(lambda reason: log.emit("lost", name=name, token=token, reason=reason))
     try:
-        for seq in range(cfg.writes):
-            try:
-                if not cfg.ignore_loss:
-                    await check_ownership(cfg, log, lock, token, lease, seq)
-            except LockLost as e:
-                log.emit("stopped", name=name, token=token, reason=str(e))
-                return
-            sent = time.monotonic()
-            accepted = await fence.write(name, token, cfg.worker, seq)
-            log.emit("write", name=name, token=token, seq=seq, sent=sent, accepted=accepted)
-            await asyncio.sleep(cfg.write_gap)  # the work between writes
+        if cfg.recipe == "semaphore":
+            await fence.enter(name, token, cfg.worker)
+        await write_while_held(cfg, log, fence, lock, token, lease)
     finally:
-        await lock.release()
-        log.emit("release", name=name, token=token)
+        try:
+            if cfg.recipe == "semaphore":
+                await fence.leave(name, token, cfg.worker)
+        finally:
+            await lock.release()
+            log.emit("release", name=name, token=token)
+
+
+async def write_while_held(
+    cfg: WorkerConfig, log: EventLog, fence: FenceClient, lock: Holdable, token: int, lease: int
+) -> None:
+    """The holder's work: WRITES fenced writes, each after a check that it still holds."""
+    name = lock.name
+    for seq in range(cfg.writes):
+        try:
+            if not cfg.ignore_loss:
+                await check_ownership(cfg, log, lock, token, lease, seq)
+        except LockLost as e:
+            log.emit("stopped", name=name, token=token, reason=str(e))
+            return
+        sent = time.monotonic()
+        accepted = await fence.write(name, token, cfg.worker, seq)
+        log.emit("write", name=name, token=token, seq=seq, sent=sent, accepted=accepted)
+        await asyncio.sleep(cfg.write_gap)  # the work between writes
 
 
 async def connected(cfg: WorkerConfig, log: EventLog) -> Client:
