@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from etcdlock._chaos import SCENARIOS, RunReport, run_scenario
-from etcdlock._chaos.checker import CheckerConfig, fmt_ms, percentile
+from etcdlock._chaos.report import CheckerConfig, fmt_ms, percentile
 from etcdlock.testing import find_etcd_binary
 
 ROOT = Path(__file__).resolve().parent.parent

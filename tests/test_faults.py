@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from etcdlock._chaos import SCENARIOS, run_scenario
-from etcdlock._chaos.checker import CheckerConfig, RunReport
+from etcdlock._chaos.report import CheckerConfig, RunReport
 
 
 def runs(request: pytest.FixtureRequest) -> int:

@@ -4,8 +4,9 @@ Above the recipes and `etcdlock.testing` in the layering: it runs real etcd clus
 clients in worker processes (recipes) and checks what they did against a resource that enforces fencing.
 """
 
-from etcdlock._chaos.checker import RunReport, run_scenario
+from etcdlock._chaos.checker import run_scenario
 from etcdlock._chaos.harness import FaultCluster
+from etcdlock._chaos.report import RunReport
 from etcdlock._chaos.resource import FencedResource, Write
 from etcdlock._chaos.scenarios import SCENARIOS, Scenario
 

@@ -13,7 +13,7 @@ every member. The same four faults for both recipes; what differs is what "taken
     (the others alone fill the semaphore); how long that took is a number, not a rule, since it also waits
     for the other holders' next writes to be seen.
 
-The checker's rules (checker.py) do the rest: never two leaders' writes interleaved at the fenced resource,
+The checker's rules (judging.py) do the rest: never two leaders' writes interleaved at the fenced resource,
 never a write after `lost`, never more than `limit` semaphore holders acting at once.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock._chaos.checker import FaultContext, pause_a_holder, running_holder
+from etcdlock._chaos.faults import FaultContext, pause_a_holder, running_holder
 from etcdlock.testing import EtcdMember
 
 # The members' election timeout (etcdlock.testing's cluster default): how far etcd pushes every lease's

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from etcdlock._chaos.checker import FaultContext, Workload, pause_a_holder, running_holder
+from etcdlock._chaos.faults import FaultContext, pause_a_holder, running_holder
 from etcdlock._chaos.harness import ClusterSpec
 from etcdlock._chaos.recipe_scenarios import (
     HOLDER,
@@ -21,6 +21,7 @@ from etcdlock._chaos.recipe_scenarios import (
     process_partitioned,
     process_paused,
 )
+from etcdlock._chaos.report import Workload
 from etcdlock._core.errors import EtcdError
 from etcdlock.testing import EtcdMember
 
