@@ -90,7 +90,9 @@ def every_default_session_lease() -> set[int]:
 def is_grpc_internal(task: asyncio.Task[Any]) -> bool:
     coro = task.get_coro()
     code = getattr(coro, "cr_code", None)
-    return "cython" in type(coro).__module__ or (code is not None and "/grpc/" in code.co_filename)
+    # gRPC's own tasks of a stream call: Cython coroutines (no Python code object; newer grpcio names their
+    # type's module "...cython...", grpcio 1.49 shows a plain `coroutine`), or its Python code under grpc/.
+    return code is None or "cython" in type(coro).__module__ or "/grpc/" in code.co_filename
 
 
 async def server_leftovers(
