@@ -24,7 +24,7 @@ CORE_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lease.py tests/test_
 ETCD35_TESTS=("${CORE_TESTS[@]}" tests/test_lock_api.py tests/test_semaphore.py tests/test_rwlock.py
   tests/test_sync_recipes.py tests/test_cli.py tests/test_cli_elect.py tests/test_lock_interop.py
   tests/test_election_interop.py tests/test_rwlock_interop.py)
-DEPS_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lock.py tests/test_lock_api.py)
+DEPS_TESTS=(tests/test_kv.py tests/test_watch.py tests/test_lock.py)
 PYTEST=(-m pytest -q -p no:cacheprovider)
 
 summary=()
