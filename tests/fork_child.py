@@ -101,10 +101,18 @@ def main() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
     elif scenario == "closed-before-fork":
-        # The parent used a client and closed it: children may make their own.
+        # The parent used a client and closed it: gRPC's engine still runs in it, and a child could hang.
         new_sync_client(endpoint)()
         report["new_async"] = in_child(new_async_client(endpoint))
         report["new_sync"] = in_child(new_sync_client(endpoint))
+    elif scenario == "never-connected":
+        # The parent made a client but never connected (e.g. at import time, before a server forks its
+        # workers): children may connect, each with clients of its own.
+        unused = Client([endpoint])
+        report["new_async"] = in_child(new_async_client(endpoint))
+        report["new_sync"] = in_child(new_sync_client(endpoint))
+        report["unused"] = in_child(lambda: asyncio.run(unused.put("fork/inherited", "x")))
+        new_sync_client(endpoint)()  # and the parent itself still can
     elif scenario == "pool":
         # multiprocessing's fork pool, made while the parent holds a connected client.
         parent = SyncClient([endpoint])

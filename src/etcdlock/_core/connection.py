@@ -287,8 +287,7 @@ class Connection:
         ch = self._channels.get(endpoint)
         if ch is None:
             fork.check_can_connect()
-            if not self._channels:
-                fork.channels_opened()
+            fork.channel_opened()
             if self._credentials is not None:
                 ch = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
             else:
@@ -484,8 +483,6 @@ class Connection:
         self._callables.clear()
         if fork.forked_since(self.born):
             return  # a forked child: closing the parent's channels here would hang in gRPC
-        if channels:
-            fork.channels_closed(self.born)
         for ch in channels:
             await ch.close()
 

@@ -1,11 +1,11 @@
 """Fork safety: a client never hangs in a forked child; it says what happened instead.
 
 gRPC's asyncio engine (its polling threads, completion queues, the channels' sockets) does not survive
-fork(). A child that uses a client it inherited, or that makes a new one while its parent had channels
-open at the fork, hangs inside gRPC for good. So every client remembers the fork generation it was made
-in, and every RPC entry checks it (an integer compare); a child forked while channels were open refuses
-to make clients at all. A child of a parent that had closed its clients (or never connected) is fine:
-gRPC's state is only torn when live channels were carried across.
+fork(). A child that uses a client it inherited, or that makes a new one after its parent had connected,
+can hang inside gRPC for good (seen also when the parent had closed its clients before the fork: now and
+then, not always). So every client remembers the fork generation it was made in, and every RPC entry
+checks it (an integer compare); a child of a process that ever opened a gRPC channel refuses to connect.
+A child of a parent that never connected is fine: gRPC's engine starts in the child, untouched.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ import os
 from etcdlock._core.errors import ForkError
 
 _generation = 0  # bumped in every forked child
-_live_channels = 0  # connections of this process with gRPC channels open
-_forked_live_from: int | None = None  # pid of the parent that forked with channels open
+_connected = False  # this process has opened a gRPC channel (gRPC's engine is running)
+_forked_from: int | None = None  # pid of the connected process this one was forked from
 
 
 def _after_fork_in_child() -> None:
-    global _generation, _live_channels, _forked_live_from
+    global _generation, _forked_from
     _generation += 1
-    if _live_channels:
-        _forked_live_from = os.getppid()
-    _live_channels = 0  # the inherited ones are dead weight here, never used
+    if _connected and _forked_from is None:
+        _forked_from = os.getppid()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -50,24 +49,19 @@ def check_same_process(made_in: int, what: str = "this etcdlock client") -> None
 
 
 def check_can_connect() -> None:
-    """Raise ForkError in a child forked while its parent had channels open (gRPC would hang)."""
-    if _forked_live_from is not None:
+    """Raise ForkError in a process forked from one that had connected (gRPC could hang here)."""
+    if _forked_from is not None:
         raise ForkError(
-            f"this process (pid {os.getpid()}) was forked from pid {_forked_live_from} while that process "
-            "had an etcdlock client connected; gRPC does not survive such a fork and would hang here. Fork "
-            "before making clients (or close them first), or use multiprocessing's 'spawn' start method"
+            f"this process (pid {os.getpid()}) was forked from pid {_forked_from} after that process had "
+            "connected an etcdlock client; gRPC does not survive such a fork and could hang here. Fork "
+            "before the parent connects, or use multiprocessing's 'spawn' start method"
         )
 
 
-def channels_opened() -> None:
-    global _live_channels
-    _live_channels += 1
-
-
-def channels_closed(made_in: int) -> None:
-    global _live_channels
-    if made_in == _generation:
-        _live_channels -= 1
+def channel_opened() -> None:
+    """A channel was opened in this process: its children can no longer connect (see above)."""
+    global _connected
+    _connected = True
 
 
 __all__ = ["check_can_connect", "check_same_process", "forked_since", "generation"]
