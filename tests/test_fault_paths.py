@@ -54,7 +54,7 @@ async def test_a_black_holed_member_is_left_and_a_held_lock_survives(
                 lambda: holder.current_endpoint != endpoints[0], timeout=ttl, what="the holder to move on"
             )
             moved_after = time.monotonic() - cut_at
-            keeper = held.mutex.session.keeper
+            keeper = held.contender.session.keeper
             renewals = keeper.renewals
             await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal elsewhere")
             assert not held.lost.is_set(), held.lost_reason
@@ -125,7 +125,7 @@ async def test_a_process_frozen_past_its_ttl_learns_it_lost_the_lock_before_doin
     async with Client(etcd.endpoints) as c:
         async with c.lock(ns + "frozen", ttl=ttl, timeout=5) as held:
             await held.ensure_held()
-            keeper = held.mutex.session.keeper
+            keeper = held.contender.session.keeper
             assert keeper.remaining() > 0
             time.sleep(ttl + 0.2)  # noqa: ASYNC251 - the fault itself: the process stands still past the TTL
             with pytest.raises(LockLost, match="no successful keepalive within the TTL"):
@@ -220,7 +220,7 @@ async def test_the_lease_margin_fires_lost_before_etcd_may_expire_the_lease(
     ttl, margin = 4, 1.5
     async with Client([proxies[0].endpoint], lease_margin=margin) as c:
         async with c.lock(ns + "margin", ttl=ttl, timeout=10) as held:
-            keeper = held.mutex.session.keeper
+            keeper = held.contender.session.keeper
             assert keeper.margin == margin and keeper.interval == pytest.approx((ttl - margin) / 3)
             renewals = keeper.renewals
             await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal")
@@ -247,7 +247,7 @@ async def test_a_held_lock_survives_a_restart_of_its_only_member(etcd_fresh: Etc
         Client(etcd_fresh.endpoints, timeout=2) as c,
         c.lock(ns + "restart", ttl=ttl, timeout=10) as held,
     ):
-        keeper = held.mutex.session.keeper
+        keeper = held.contender.session.keeper
         renewals = keeper.renewals
         await wait_until(lambda: keeper.renewals > renewals, timeout=ttl, what="a renewal")
         # In a thread: the client's loop must keep running (and failing to renew) while etcd is down.

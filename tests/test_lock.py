@@ -907,7 +907,7 @@ async def test_stopped_keepalive_fires_lost_at_local_deadline(etcd_fresh: EtcdCl
         base = await baseline(c)
         async with c.lock(name, ttl=ttl, timeout=2) as held:
             assert (await c.time_to_live(held.lease)).granted_ttl == ttl
-            assert held.mutex.session.keeper.ttl == ttl
+            assert held.contender.session.keeper.ttl == ttl
             fired = record_loss(held)
             pausing_at = time.monotonic()
             try:

@@ -126,10 +126,6 @@ _SCHEDULER_TIMING = "the keepalive scheduler's timing, read on the loop by the k
 
 # Public members of an async class that have no sync twin: (async class, member) -> why.
 NO_TWIN: dict[tuple[str, str], str] = {
-    ("Lock", "mutex"): (
-        "the recipe's loop-bound Mutex, for the recipes and their tests; the held lock's members are "
-        "mirrored one by one"
-    ),
     **{(holdable, "contender"): _CONTENDER for holdable in _HOLDABLES},
     ("Session", "claim"): _NAME_BOOKKEEPING,
     ("Session", "unclaim"): _NAME_BOOKKEEPING,

@@ -17,7 +17,7 @@ revision after the read (Go waits from a past revision, answered on etcd's 100 m
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -232,7 +232,7 @@ async def _by_revision(watcher: Watcher) -> AsyncIterator[list[WatchEvent]]:
 
 
 def _apply(
-    candidates: dict[bytes, KeyValue], events: Iterable[WatchEvent], is_candidate: functools.partial[bool]
+    candidates: dict[bytes, KeyValue], events: Iterable[WatchEvent], is_candidate: Callable[[bytes], bool]
 ) -> None:
     for event in events:
         if not is_candidate(event.kv.key):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Unpack
 
-from etcdlock._recipes.contender import Contender, QueueSpec
+from etcdlock._recipes.contender import QueueSpec
 from etcdlock._recipes.holdable import Holdable, HoldOptions
 from etcdlock._recipes.mutex import check_name, queue_spec
 from etcdlock._recipes.state import RecipeClient
@@ -31,12 +31,6 @@ class Lock(Holdable):
 
     def _spec(self) -> QueueSpec:
         return queue_spec("lock", self.name)
-
-    @property
-    def mutex(self) -> Contender:
-        """The current acquisition's queue entry, for the recipes and their tests. Raises NotAcquiredError
-        while not held. @private"""
-        return self.contender
 
 
 __all__ = ["Lock"]

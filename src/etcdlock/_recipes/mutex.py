@@ -14,8 +14,7 @@ import re
 
 from etcdlock._core.errors import ConfigError
 from etcdlock._core.text import quoted
-from etcdlock._recipes.contender import Contender, QueueSpec, check_timeout
-from etcdlock._recipes.session import Session
+from etcdlock._recipes.contender import QueueSpec
 
 _LOCK_KEY_SUFFIX = re.compile(rb"[0-9a-f]+")
 # The longest name accepted (bytes, UTF-8). A page of a queue's keys (17 of them) must fit in one gRPC
@@ -48,10 +47,6 @@ def is_lock_key(prefix: bytes, key: bytes) -> bool:
     return key.startswith(prefix) and _LOCK_KEY_SUFFIX.fullmatch(key[len(prefix) :]) is not None
 
 
-def check_lock_timeout(timeout: object) -> None:
-    check_timeout(timeout)
-
-
 def queue_spec(kind: str, name: str, value: bytes = b"") -> QueueSpec:
     """The NAME/<hex> queue where the lowest key holds: Go's Mutex, and (with a value) its Election."""
     prefix = (name + "/").encode()
@@ -67,11 +62,4 @@ def queue_spec(kind: str, name: str, value: bytes = b"") -> QueueSpec:
     )
 
 
-class Mutex(Contender):
-    """One lock name on one session. After `acquire()`, this object is the held lock."""
-
-    def __init__(self, session: Session, name: str, *, claimed: bool = False) -> None:
-        super().__init__(session, queue_spec("lock", check_name(name)), claimed=claimed)
-
-
-__all__ = ["Mutex", "check_lock_timeout", "check_name", "is_lock_key", "queue_spec"]
+__all__ = ["check_name", "is_lock_key", "queue_spec"]

@@ -22,9 +22,9 @@ from typing import Self
 
 from etcdlock._core.txn import Compare, Op
 from etcdlock._core.types import TxnResult
+from etcdlock._recipes.contender import check_timeout
 from etcdlock._recipes.errors import AlreadyHeldError, LockLost, LockTimeout
 from etcdlock._recipes.holdable import Holdable
-from etcdlock._recipes.mutex import check_lock_timeout
 from etcdlock._sync.portal import Portal
 
 # Makes the async handle of one acquisition (called on the loop thread). Its own timeout must be the
@@ -156,7 +156,7 @@ class SyncLock:
         return True
 
     def _take(self, timeout: float | None, *, entered: bool) -> None:
-        check_lock_timeout(timeout)
+        check_timeout(timeout)
         wait = self._timeout if timeout is None else timeout
         if self._owner is threading.current_thread():
             raise AlreadyHeldError(

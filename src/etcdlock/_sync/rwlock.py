@@ -12,7 +12,7 @@ Its read and write locks are SyncLocks whose acquisitions are the async RWLock's
 
 from __future__ import annotations
 
-from etcdlock._recipes.mutex import check_lock_timeout
+from etcdlock._recipes.contender import check_timeout
 from etcdlock._recipes.rwlock import RWLock
 from etcdlock._sync.lock import SyncLock
 from etcdlock._sync.portal import Portal
@@ -35,7 +35,7 @@ class SyncRWLock:
     def read(self, *, timeout: float | None = None) -> SyncLock:
         """A read lock (nothing is sent yet), reusable like a SyncLock; `timeout` None: the
         SyncRWLock's. Raises ConfigError for a bad timeout."""
-        check_lock_timeout(timeout)
+        check_timeout(timeout)
         wait = self._timeout if timeout is None else timeout
         return SyncLock(
             self._portal, self.name, lambda: self._rwlock.read(timeout=wait), timeout=wait, kind="read lock"
@@ -44,7 +44,7 @@ class SyncRWLock:
     def write(self, *, timeout: float | None = None) -> SyncLock:
         """A write lock (nothing is sent yet), reusable like a SyncLock; `timeout` None: the
         SyncRWLock's. Raises ConfigError for a bad timeout."""
-        check_lock_timeout(timeout)
+        check_timeout(timeout)
         wait = self._timeout if timeout is None else timeout
         return SyncLock(
             self._portal, self.name, lambda: self._rwlock.write(timeout=wait), timeout=wait, kind="write lock"
